@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, ValidationInfo,
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, ValidationInfo,
                       field_validator)
 
 from qeval import precisions
@@ -92,6 +92,32 @@ class DivergenceSpec(_Strict):
     task_prompts: NonNegativeInt = Field(64, description="task prompts compared token by token (0: none)")
 
 
+class ServerSpec(_Strict):
+    """OpenAI-compatible servers for the `openai` backend: connect to running ones, or start `vllm serve`."""
+
+    endpoints: dict[str, str] = Field(default_factory=dict, description="precision -> base URL of a running "
+                                      "server (e.g. http://10.0.0.5:8000); precisions not listed are served by "
+                                      "`vllm serve`, started on 127.0.0.1 for the cell and stopped after it")
+    model_name: str | None = Field(None, description="the served model name at the endpoints (default: the "
+                                   "first one /v1/models lists)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoints' API key; "
+                             "read at run time, never written into records or reports")
+    port: int | None = Field(None, ge=1, le=65535, description="port for `vllm serve` (default: a free one)")
+    startup_timeout_s: PositiveFloat = 900.0
+    request_timeout_s: PositiveFloat = 600.0
+    extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` arguments")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, endpoints: dict[str, str]) -> dict[str, str]:
+        for precision, url in endpoints.items():
+            _known_precision(precision)
+            if not url.startswith(("http://", "https://")):
+                raise FieldProblem(f"endpoint {url!r} for {precision!r} is not an http(s) URL",
+                                   "write the server's base URL, e.g. http://127.0.0.1:8000 (without /v1)")
+        return {k: v.rstrip("/").removesuffix("/v1") for k, v in endpoints.items()}
+
+
 class Seeds(_Strict):
     sampling: int = 1234
     fewshot: int = 1234
@@ -112,6 +138,7 @@ class Suite(_Strict):
     gate: GatePolicy = Field(default_factory=GatePolicy)
     latency: LatencySpec = Field(default_factory=LatencySpec)
     divergence: DivergenceSpec = Field(default_factory=DivergenceSpec)
+    server: ServerSpec = Field(default_factory=ServerSpec)
     seeds: Seeds = Field(default_factory=Seeds)
 
     @field_validator("baseline")

@@ -1,0 +1,261 @@
+"""Any OpenAI-compatible server (`vllm serve`, `trtllm-serve`, ...) as a qeval backend.
+
+Scoring uses the legacy completions API the way lm-eval's `local-completions`
+model does: the prompt is sent as token ids with ``echo=true, logprobs=1``
+and the server returns one log-probability per prompt token (plus its top-1),
+so every engine scores exactly the tokens the harness tokenized. Generation
+is greedy; streaming (``stream=true``) gives client-side arrival times for the
+latency probes.
+
+For a cell without a configured endpoint qeval starts `vllm serve` on
+127.0.0.1 with the cell's artifact (the baseline folder or ModelOpt's
+exported checkpoint) and stops it when the cell ends. API keys for remote
+endpoints come from the environment variable the suite names; they live in
+this object's request headers only and are never written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+import httpx
+
+from qeval import precisions
+from qeval.backends.base import (
+    Capabilities,
+    GenerationRequest,
+    LoglikelihoodRequest,
+    LoglikelihoodResult,
+    TokenEvent,
+)
+from qeval.errors import QevalError
+from qeval.serving import Server, ServerFailed, start_vllm_server, wait_healthy
+
+log = logging.getLogger(__name__)
+
+SERVED_NAME = "qeval"
+SCORE_BATCH = 32  # prompts per completions request (the server batches them together)
+IN_FLIGHT = 4  # scoring requests in flight at once
+
+
+class MalformedResponse(QevalError):
+    """The server answered, but not with what the OpenAI completions API promises."""
+
+
+def vllm_serve_args(load_kwargs: dict[str, Any]) -> list[str]:
+    """`vllm.LLM` keyword arguments from the precision registry as `vllm serve` flags."""
+    args: list[str] = []
+    for key, value in load_kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value not in (None, False):
+            args += [flag, str(value)]
+    return args
+
+
+class OpenAIServerBackend:
+    """An OpenAI-compatible completions endpoint.
+
+    Args:
+        base_url: the server root, e.g. ``http://127.0.0.1:8000`` (the API is under /v1).
+        model: the served model name (default: the first one /v1/models lists).
+        precision: the precision the server runs (for records and capabilities).
+        api_key: bearer token for remote endpoints (read from the environment by `from_cell`).
+        server: the server process qeval started for this backend, stopped by `close()`.
+        kernels: "real" or "simulated", as the capability record should say.
+    """
+
+    name = "openai"
+
+    def __init__(self, base_url: str, *, model: str | None = None, precision: str = "bf16",
+                 api_key: str | None = None, server: Server | None = None, max_length: int = 2048,
+                 request_timeout_s: float = 600.0, kernels: str = "real", seed: int = 0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.precision = precision
+        self.server = server
+        self.max_length = max_length
+        self.kernels = kernels
+        self.seed = seed
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=f"{self.base_url}/v1", headers=headers,
+                                    timeout=httpx.Timeout(request_timeout_s, connect=10.0),
+                                    limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self.model = model or self._first_model()
+
+    # -- life cycle -------------------------------------------------------------------------
+    @classmethod
+    def from_cell(cls, ctx: Any, cell: Any) -> "OpenAIServerBackend":
+        """Connect to the suite's endpoint for this precision, or start `vllm serve` with the cell's artifact."""
+        from qeval.backends.vllm import EngineUnavailable, _on_cpu
+
+        suite = ctx.suite
+        spec = suite.server
+        entry = precisions.get(cell.precision)
+        endpoint = spec.endpoints.get(cell.precision)
+        if endpoint:
+            api_key = os.environ.get(spec.api_key_env) or None
+            server = Server(base_url=endpoint)
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+            try:
+                wait_healthy(server, spec.startup_timeout_s, headers=headers)
+            except ServerFailed as exc:
+                raise QevalError(f"the endpoint for {cell.precision!r} does not answer: {exc}",
+                                 file=str(ctx.store.root / "suite.yaml"), field=f"server.endpoints.{cell.precision}",
+                                 fix="start the server, or correct its URL (and the API key in "
+                                     f"${spec.api_key_env})") from None
+            return cls(endpoint, model=spec.model_name, precision=cell.precision, api_key=api_key,
+                       max_length=suite.model.max_length, request_timeout_s=spec.request_timeout_s,
+                       seed=suite.seeds.sampling)
+        load = precisions.vllm_load_kwargs(entry) if not entry.is_baseline else {}
+        if load.get("quantization") and _on_cpu():
+            raise EngineUnavailable(f"{cell.precision} on `vllm serve`: this vLLM build runs on CPU, which has no "
+                                    f"{load['quantization']} kernels; run this cell on a GPU")
+        path = ctx.model_dir if entry.is_baseline else ctx.checkpoint_for(cell.precision)
+        load.pop("dtype", None)
+        server = start_vllm_server(path, port=spec.port, served_model_name=SERVED_NAME, dtype=suite.model.dtype,
+                                   max_model_len=suite.model.max_length, seed=suite.seeds.sampling,
+                                   extra_args=[*vllm_serve_args(load), *spec.extra_args],
+                                   timeout_s=spec.startup_timeout_s, log_dir=ctx.store.root / "servers")
+        return cls(server.base_url, model=SERVED_NAME, precision=cell.precision, server=server,
+                   max_length=suite.model.max_length, request_timeout_s=spec.request_timeout_s,
+                   seed=suite.seeds.sampling)
+
+    def close(self) -> None:
+        self._client.close()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        where = (f"`vllm serve` started by qeval at {self.base_url}" if self.server is not None
+                 else f"OpenAI-compatible endpoint {self.base_url}")
+        return Capabilities(backend="openai", precisions=(self.precision,), kernels={self.precision: self.kernels},
+                            notes=f"{where}, model {self.model!r}")
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        r = self._client.post("/completions", json=body)
+        if r.status_code != 200:
+            raise MalformedResponse(f"{self.base_url}/v1/completions answered HTTP {r.status_code}: {r.text[:300]}",
+                                    field="backends", fix="check the server log; the request was "
+                                                          f"{ {k: v for k, v in body.items() if k != 'prompt'} }")
+        try:
+            return r.json()
+        except json.JSONDecodeError:
+            raise MalformedResponse(f"{self.base_url}/v1/completions answered with non-JSON: {r.text[:200]!r}",
+                                    field="backends", fix="point the endpoint at an OpenAI-compatible server") from None
+
+    def _first_model(self) -> str:
+        r = self._client.get("/models")
+        try:
+            return str(r.json()["data"][0]["id"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise MalformedResponse(f"{self.base_url}/v1/models lists no model: {r.text[:200]!r}",
+                                    field="server.model_name", fix="name the served model in server.model_name") from None
+
+    # -- scoring ----------------------------------------------------------------------------
+    def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        batches = [requests[i:i + SCORE_BATCH] for i in range(0, len(requests), SCORE_BATCH)]
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+            return [r for batch in pool.map(self._score_batch, batches) for r in batch]
+
+    def _score_batch(self, batch: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        prompts = [list((r.context_tokens + r.continuation_tokens)[-self.max_length:]) for r in batch]
+        # max_tokens=1 (not 0): the legacy API's echo-only call is not accepted by every server.
+        body = {"model": self.model, "prompt": prompts, "echo": True, "logprobs": 1, "max_tokens": 1,
+                "temperature": 0.0, "seed": self.seed}
+        choices = sorted(self._post(body).get("choices") or [], key=lambda c: c.get("index", 0))
+        if len(choices) != len(batch):
+            raise MalformedResponse(f"{self.base_url} returned {len(choices)} choices for {len(batch)} prompts",
+                                    field="backends", fix="the server must accept a list of token-id prompts")
+        return [self._parse_scores(r, len(p), c) for r, p, c in zip(batch, prompts, choices)]
+
+    def _parse_scores(self, request: LoglikelihoodRequest, n_prompt: int, choice: dict[str, Any]) -> LoglikelihoodResult:
+        logprobs = choice.get("logprobs") or {}
+        token_lps, tops = logprobs.get("token_logprobs"), logprobs.get("top_logprobs")
+        n = len(request.continuation_tokens)
+        if not isinstance(token_lps, list) or not isinstance(tops, list) or len(token_lps) < n_prompt \
+                or len(tops) < n_prompt:
+            raise MalformedResponse(f"{self.base_url}: choice {choice.get('index')} has no per-token prompt "
+                                    f"log-probabilities for its {n_prompt} prompt tokens "
+                                    f"(logprobs.token_logprobs: {str(token_lps)[:80]})", field="backends",
+                                    fix="use a server that supports echo=true with logprobs (vLLM, trtllm-serve)")
+        values, greedy = [], True
+        for i in range(n_prompt - n, n_prompt):
+            lp, top = token_lps[i], tops[i] or {}
+            if lp is None:
+                raise MalformedResponse(f"{self.base_url}: no log-probability for prompt token {i}", field="backends",
+                                        fix="the continuation must not start the prompt")
+            values.append(float(lp))
+            # top_logprobs is keyed by token text, which can be ambiguous: compare values instead.
+            greedy &= not top or float(lp) >= max(float(v) for v in top.values()) - 1e-6
+        return LoglikelihoodResult(logprob=sum(values), is_greedy=greedy, token_logprobs=tuple(values))
+
+    # -- generation -------------------------------------------------------------------------
+    def _generation_body(self, r: GenerationRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "prompt": r.prompt if isinstance(r.prompt, str) else list(r.prompt),
+                                "max_tokens": r.max_tokens, "temperature": r.temperature, "seed": self.seed}
+        if r.stop:
+            body["stop"] = list(r.stop)
+        if r.ignore_eos:
+            body["ignore_eos"] = True  # a vLLM / trtllm-serve extension: fixed output lengths for latency
+        return body
+
+    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+        def one(r: GenerationRequest) -> str:
+            choices = self._post(self._generation_body(r)).get("choices") or []
+            if not choices or not isinstance(choices[0].get("text"), str):
+                raise MalformedResponse(f"{self.base_url}: a completion without text", field="backends",
+                                        fix="use an OpenAI-compatible completions server")
+            return choices[0]["text"]
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return list(pool.map(one, requests))
+
+    def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
+        """Server-sent events of /v1/completions, one `TokenEvent` per chunk, stamped at arrival.
+
+        A chunk normally carries one token; where the server's final usage record says the chunks
+        carried more tokens than counted, the last event takes the difference (one event is held
+        back for that; its timestamp is its arrival, so no timing changes).
+        """
+        body = {**self._generation_body(request), "stream": True, "stream_options": {"include_usage": True}}
+        held: TokenEvent | None = None
+        counted = 0
+        usage_tokens: int | None = None
+        with self._client.stream("POST", "/completions", json=body) as r:
+            if r.status_code != 200:
+                raise MalformedResponse(f"{self.base_url}/v1/completions (stream) answered HTTP {r.status_code}: "
+                                        f"{r.read()[:300]!r}", field="backends", fix="check the server log")
+            for line in r.iter_lines():
+                t = time.perf_counter()
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except json.JSONDecodeError:
+                    raise MalformedResponse(f"{self.base_url}: a stream chunk is not JSON: {data[:120]!r}",
+                                            field="backends", fix="use an OpenAI-compatible streaming server") from None
+                if chunk.get("usage"):
+                    usage_tokens = chunk["usage"].get("completion_tokens")
+                choices = chunk.get("choices") or []
+                if not choices:
+                    continue
+                text = choices[0].get("text") or ""
+                if held is not None:
+                    yield held
+                held = TokenEvent(text=text, n_tokens=1, t=t)
+                counted += 1
+        if held is not None:
+            extra = (usage_tokens - counted) if usage_tokens is not None and usage_tokens > counted else 0
+            yield TokenEvent(text=held.text, n_tokens=held.n_tokens + extra, t=held.t)
