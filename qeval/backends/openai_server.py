@@ -92,7 +92,7 @@ class OpenAIServerBackend:
     @classmethod
     def from_cell(cls, ctx: Any, cell: Any) -> "OpenAIServerBackend":
         """Connect to the suite's endpoint for this precision, or start `vllm serve` with the cell's artifact."""
-        from qeval.backends.vllm import EngineUnavailable, _on_cpu
+        from qeval.backends.vllm import EngineUnavailable, _on_cpu, vllm_route
 
         suite = ctx.suite
         spec = suite.server
@@ -112,7 +112,7 @@ class OpenAIServerBackend:
             return cls(endpoint, model=spec.model_name, precision=cell.precision, api_key=api_key,
                        max_length=suite.model.max_length, request_timeout_s=spec.request_timeout_s,
                        seed=suite.seeds.sampling)
-        load = precisions.vllm_load_kwargs(entry) if not entry.is_baseline else {}
+        load = vllm_route(entry)
         if load.get("quantization") and _on_cpu():
             raise EngineUnavailable(f"{cell.precision} on `vllm serve`: this vLLM build runs on CPU, which has no "
                                     f"{load['quantization']} kernels; run this cell on a GPU")
@@ -142,6 +142,7 @@ class OpenAIServerBackend:
     # -- HTTP -------------------------------------------------------------------------------
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         r = self._client.post("/completions", json=body)
+        self._check_auth(r)
         if r.status_code != 200:
             raise MalformedResponse(f"{self.base_url}/v1/completions answered HTTP {r.status_code}: {r.text[:300]}",
                                     field="backends", fix="check the server log; the request was "
@@ -152,8 +153,16 @@ class OpenAIServerBackend:
             raise MalformedResponse(f"{self.base_url}/v1/completions answered with non-JSON: {r.text[:200]!r}",
                                     field="backends", fix="point the endpoint at an OpenAI-compatible server") from None
 
+    def _check_auth(self, r: httpx.Response) -> None:
+        if r.status_code in (401, 403):
+            raise QevalError(f"{self.base_url} refused the request (HTTP {r.status_code}): the API key is missing "
+                             "or wrong", field="server.api_key_env",
+                             fix="export the key in the environment variable server.api_key_env names "
+                                 "(default OPENAI_API_KEY); qeval never writes it anywhere")
+
     def _first_model(self) -> str:
         r = self._client.get("/models")
+        self._check_auth(r)
         try:
             return str(r.json()["data"][0]["id"])
         except (ValueError, KeyError, IndexError, TypeError):
@@ -231,6 +240,7 @@ class OpenAIServerBackend:
         counted = 0
         usage_tokens: int | None = None
         with self._client.stream("POST", "/completions", json=body) as r:
+            self._check_auth(r)
             if r.status_code != 200:
                 raise MalformedResponse(f"{self.base_url}/v1/completions (stream) answered HTTP {r.status_code}: "
                                         f"{r.read()[:300]!r}", field="backends", fix="check the server log")

