@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from filelock import FileLock, Timeout
+
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
 from qeval.store import RunStore, write_json_atomic
@@ -146,9 +148,26 @@ def cell_done(ctx: Context, cell: Cell) -> bool:
 
 def run_cell(ctx: Context, cell: Cell) -> None:
     """Run every task of one cell; a failure marks the cell ERROR with its cause and returns."""
+    # One process per cell: two resumes of one run dir must not compute or interleave the same cell.
+    lock_path = ctx.store.root / "locks" / f"{cell.id}.lock"
+    lock_path.parent.mkdir(exist_ok=True)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("%s: another process is computing this cell (%s held); waiting for it", cell.id, lock_path)
+        lock.acquire()
+    try:
+        _run_cell_locked(ctx, cell)
+    finally:
+        lock.release()
+
+
+def _run_cell_locked(ctx: Context, cell: Cell) -> None:
     from qeval.evaluate import run_task
     from qeval.harness import QevalLM
 
+    # Checked under the lock: a cell the other process finished while we waited is reused, not recomputed.
     if cell_done(ctx, cell):
         log.info("%s: finished in an earlier run, reused", cell.id)
         return
