@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
-from qeval.store import RunStore, write_json_atomic
+from qeval.store import RunStore, read_manifest, write_json_atomic
 from qeval.suite import Suite, suite_hash
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def check_resume(store: RunStore, suite_sha: str) -> None:
     if not path.exists():
         raise QevalError(f"{store.root} is not a qeval run directory (no manifest.json)",
                          fix="pass the directory that a previous `qeval run` printed")
-    previous = json.loads(path.read_text())["suite"]["sha256"]
+    previous = read_manifest(store.root)["suite"]["sha256"]
     if previous != suite_sha:
         raise QevalError(f"the suite changed since {store.root} was started; resuming would mix results",
                          file=str(path), field="suite.sha256",

@@ -44,6 +44,21 @@ def append_jsonl(path: Path, records: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
+def read_manifest(run_dir: Path) -> dict:
+    """manifest.json of a run; a corrupt one is bad input (exit 2), not a traceback."""
+    from qeval.errors import QevalError
+
+    path = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["suite"]["sha256"]  # noqa: B018 - every reader needs it: check it here, once
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise QevalError(f"manifest.json is corrupt ({type(exc).__name__}: {exc})", file=str(path),
+                         fix="restore it from a backup, or start a new run (its per-sample records stay "
+                             "where they are)") from exc
+    return manifest
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Read every complete line; a torn last line (crash mid-write) is skipped."""
     if not path.exists():

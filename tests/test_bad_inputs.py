@@ -15,6 +15,15 @@ def _setup_empty(tmp: Path) -> Path:
     return tmp / "empty"
 
 
+def _corrupt_run(tmp: Path, manifest: str) -> Path:
+    """A run dir whose suite.yaml is fine but whose manifest.json is damaged."""
+    run = tmp / "run"
+    run.mkdir()
+    (run / "suite.yaml").write_bytes((Path(__file__).parents[1] / "suites" / "smoke.yaml").read_bytes())
+    (run / "manifest.json").write_text(manifest)
+    return run
+
+
 # (id, argv builder, fragments expected in stderr)
 CASES = [
     ("report-missing-dir", lambda t: ["report", str(t / "nope")], ["not a qeval run directory", "RUN_DIR", "fix:"]),
@@ -23,6 +32,12 @@ CASES = [
     ("resume-missing-dir", lambda t: ["run", "--resume", str(t / "nope")], ["does not exist", "--resume", "fix:"]),
     ("resume-dir-not-a-run", lambda t: ["run", "--resume", str(_setup_empty(t))],
      ["not a qeval run directory", "--resume", "fix:"]),
+    ("report-manifest-not-json", lambda t: ["report", str(_corrupt_run(t, "{bad"))],
+     ["manifest.json is corrupt", "manifest.json", "fix:"]),
+    ("report-manifest-no-suite-hash", lambda t: ["report", str(_corrupt_run(t, "{}"))],
+     ["manifest.json is corrupt", "KeyError", "fix:"]),
+    ("resume-manifest-not-json", lambda t: ["run", "--resume", str(_corrupt_run(t, "{bad"))],
+     ["manifest.json is corrupt", "manifest.json", "fix:"]),
     ("suite-file-missing", lambda t: ["run", str(t / "nosuite.yaml")], ["file not found", "nosuite.yaml", "fix:"]),
 ]
 
