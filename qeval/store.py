@@ -71,11 +71,16 @@ def read_jsonl(path: Path) -> list[dict]:
             continue
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as exc:
             if n >= len(lines) - 2:  # only the last line may be torn
                 log.warning("%s: skipping a torn last line (the run was interrupted mid-write)", path)
                 continue
-            raise
+            # Damage in the middle is not a crash mid-write: refuse rather than gate on a silently shorter file.
+            from qeval.errors import QevalError
+
+            raise QevalError(f"line {n + 1} is not JSON ({exc.msg}); only a torn last line is tolerated",
+                             file=str(path), fix="delete the damaged file and run `qeval run --resume RUN_DIR` "
+                                                 "to recompute it (the other results are kept)") from exc
     return records
 
 
