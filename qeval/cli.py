@@ -35,6 +35,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume is not None and not Path(args.resume).is_dir():
         raise QevalError(f"run directory {args.resume} does not exist", field="--resume",
                          fix="pass a directory that `qeval run` created under reports/")
+    # A directory that is not a run would otherwise fail later on its missing suite.yaml: say what it is.
+    if args.resume is not None and not (Path(args.resume) / "manifest.json").is_file():
+        raise QevalError(f"{args.resume} is not a qeval run directory (no manifest.json)", field="--resume",
+                         fix="pass a directory that `qeval run` created under reports/, or drop --resume")
     suite_arg = args.suite
     if args.resume is not None and suite_arg is None:
         suite_arg = Path(args.resume) / "suite.yaml"

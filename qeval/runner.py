@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from filelock import FileLock, Timeout
+
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
-from qeval.store import RunStore, write_json_atomic
+from qeval.store import RunStore, read_manifest, write_json_atomic
 from qeval.suite import Suite, suite_hash
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ def check_resume(store: RunStore, suite_sha: str) -> None:
     if not path.exists():
         raise QevalError(f"{store.root} is not a qeval run directory (no manifest.json)",
                          fix="pass the directory that a previous `qeval run` printed")
-    previous = json.loads(path.read_text())["suite"]["sha256"]
+    previous = read_manifest(store.root)["suite"]["sha256"]
     if previous != suite_sha:
         raise QevalError(f"the suite changed since {store.root} was started; resuming would mix results",
                          file=str(path), field="suite.sha256",
@@ -146,9 +148,26 @@ def cell_done(ctx: Context, cell: Cell) -> bool:
 
 def run_cell(ctx: Context, cell: Cell) -> None:
     """Run every task of one cell; a failure marks the cell ERROR with its cause and returns."""
+    # One process per cell: two resumes of one run dir must not compute or interleave the same cell.
+    lock_path = ctx.store.root / "locks" / f"{cell.id}.lock"
+    lock_path.parent.mkdir(exist_ok=True)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("%s: another process is computing this cell (%s held); waiting for it", cell.id, lock_path)
+        lock.acquire()
+    try:
+        _run_cell_locked(ctx, cell)
+    finally:
+        lock.release()
+
+
+def _run_cell_locked(ctx: Context, cell: Cell) -> None:
     from qeval.evaluate import run_task
     from qeval.harness import QevalLM
 
+    # Checked under the lock: a cell the other process finished while we waited is reused, not recomputed.
     if cell_done(ctx, cell):
         log.info("%s: finished in an earlier run, reused", cell.id)
         return

@@ -44,6 +44,21 @@ def append_jsonl(path: Path, records: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
+def read_manifest(run_dir: Path) -> dict:
+    """manifest.json of a run; a corrupt one is bad input (exit 2), not a traceback."""
+    from qeval.errors import QevalError
+
+    path = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["suite"]["sha256"]  # noqa: B018 - every reader needs it: check it here, once
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise QevalError(f"manifest.json is corrupt ({type(exc).__name__}: {exc})", file=str(path),
+                         fix="restore it from a backup, or start a new run (its per-sample records stay "
+                             "where they are)") from exc
+    return manifest
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Read every complete line; a torn last line (crash mid-write) is skipped."""
     if not path.exists():
@@ -56,11 +71,16 @@ def read_jsonl(path: Path) -> list[dict]:
             continue
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as exc:
             if n >= len(lines) - 2:  # only the last line may be torn
                 log.warning("%s: skipping a torn last line (the run was interrupted mid-write)", path)
                 continue
-            raise
+            # Damage in the middle is not a crash mid-write: refuse rather than gate on a silently shorter file.
+            from qeval.errors import QevalError
+
+            raise QevalError(f"line {n + 1} is not JSON ({exc.msg}); only a torn last line is tolerated",
+                             file=str(path), fix="delete the damaged file and run `qeval run --resume RUN_DIR` "
+                                                 "to recompute it (the other results are kept)") from exc
     return records
 
 

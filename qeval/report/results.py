@@ -20,7 +20,7 @@ from qeval import precisions, stats
 from qeval.evidence import RunEvidence, collect
 from qeval.gate import Decision, TaskEvidence, decide
 from qeval.report.speed import compare_latency, pareto
-from qeval.store import RunStore
+from qeval.store import RunStore, read_manifest
 
 SCHEMA_VERSION = "qeval.results/1"
 SIMULATED_LABEL = "simulated quantization (ModelOpt fake-quant)"
@@ -219,7 +219,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
     run = collect(run_dir)
     samples = _Samples(RunStore(run_dir))
     decisions = decide(run.suite.gate, run.evidence)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_manifest(run_dir)
     task_names = [t.name for t in run.suite.tasks]
     cells = []
     for cell in run.cells:
