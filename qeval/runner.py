@@ -166,6 +166,7 @@ def run_cell(ctx: Context, cell: Cell) -> None:
 def _run_cell_locked(ctx: Context, cell: Cell) -> None:
     from qeval.evaluate import run_task
     from qeval.harness import QevalLM
+    from qeval.latency import run_latency
 
     # Checked under the lock: a cell the other process finished while we waited is reused, not recomputed.
     if cell_done(ctx, cell):
@@ -187,6 +188,8 @@ def _run_cell_locked(ctx: Context, cell: Cell) -> None:
                          {k: round(v, 4) for k, v in aggregate.items()}, len(records), timings[task.name])
             if ctx.suite.divergence.enabled and not cell.is_baseline:
                 run_divergence(ctx, cell, backend)
+            if ctx.suite.latency.enabled:
+                run_latency(ctx, cell, backend)
             capabilities = backend.capabilities
     except QevalError:
         raise  # bad input: the whole run stops with exit code 2 (nothing computed is lost)

@@ -67,6 +67,27 @@ def test_vllm_generates_greedy_text(vllm_backend: Any) -> None:
     assert "Paris" in text and "\n" not in text
 
 
+def test_concurrent_streams_share_the_engine_and_match_generate(vllm_backend: Any) -> None:
+    from qeval.loadgen import LoadShape, run_load
+
+    prompts = ["The capital of France is", "Once upon a time", "def fib(n):", "Water boils at"]
+    requests = [GenerationRequest(prompt=p, max_tokens=12, ignore_eos=True) for p in prompts]
+    run = run_load(vllm_backend, requests, LoadShape.closed(4))
+    assert run.max_in_flight == 4
+    expected = vllm_backend.generate(requests)
+    for record, text in zip(run.measured, expected):
+        assert record.error is None, record.error
+        assert sum(e.n_tokens for e in record.events) == 12
+        times = [e.t for e in record.events]
+        assert times == sorted(times) and record.t_send < times[0]
+        assert "".join(e.text for e in record.events) == text
+    # All four were in the engine's batch together: every first token came before any last one.
+    assert max(r.events[0].t for r in run.measured) < min(r.events[-1].t for r in run.measured)
+    # A consumer that stops early frees the engine: a later request still streams to its end.
+    next(iter(vllm_backend.stream(requests[0])))
+    assert sum(e.n_tokens for e in vllm_backend.stream(requests[1])) == 12
+
+
 def test_fp8_on_vllm_cpu_is_an_engine_error_not_a_crash() -> None:
     from qeval.backends.vllm import EngineUnavailable, VLLMBackend
     from qeval.runner import Cell

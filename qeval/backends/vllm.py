@@ -11,6 +11,10 @@ vLLM starts its engine core in a child process (spawn): scripts that build
 this backend need the `if __name__ == "__main__":` guard (qeval's CLI has it).
 `close()` shuts the engine down and is also registered with atexit, so a
 crash or Ctrl-C leaves no engine process behind.
+
+Eager mode on CPU (compiling costs minutes there and scoring gains nothing);
+on a GPU vLLM's default compiled graphs + CUDA graphs, so latency probes
+measure what serving would.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ import atexit
 import gc
 import logging
 import os
+import queue
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -88,7 +95,12 @@ class VLLMBackend:
         self._vllm = vllm
         self.llm = vllm.LLM(model=str(model_path), tokenizer=str(model_path), dtype=dtype,
                             max_model_len=max_model_len, trust_remote_code=trust_remote_code, seed=seed,
-                            enforce_eager=True, **self.load_kwargs)
+                            **{"enforce_eager": _on_cpu(), **self.load_kwargs})
+        # In-process streaming state (see `stream`).
+        self._engine_lock = threading.Lock()
+        self._streams: dict[str, queue.SimpleQueue] = {}
+        self._done_ids: set[str] = set()
+        self._stream_id = 0
         atexit.register(self.close)
 
     @classmethod
@@ -145,8 +157,61 @@ class VLLMBackend:
         return [o.outputs[0].text for o in self.llm.generate(prompts, params, use_tqdm=False)]
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
-        raise QevalError("in-process vLLM (vllm.LLM) has no per-token stream, so it cannot time tokens",
-                         field="backends", fix="measure latency with the `openai` backend against `vllm serve`")
+        """Tokens as the engine produces them, from any number of threads at once.
+
+        `vllm.LLM` has no streaming call, so this drives its engine (`llm.llm_engine`)
+        directly with DELTA outputs. The engine is not thread-safe: whichever stream
+        finds its own queue empty takes the lock, runs one engine step for every
+        request in flight and hands each its delta. Concurrent streams therefore share
+        vLLM's continuous batching, as requests to `vllm serve` do.
+        """
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._vllm.SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
+                                           stop=list(request.stop) or None, ignore_eos=request.ignore_eos,
+                                           output_kind=RequestOutputKind.DELTA)
+        prompt = request.prompt if isinstance(request.prompt, str) else self._prompt(request.prompt)
+        mine: queue.SimpleQueue = queue.SimpleQueue()
+        with self._engine_lock:
+            self._stream_id += 1
+            request_id = f"qeval-stream-{self._stream_id}"
+            self._streams[request_id] = mine
+            self.llm.llm_engine.add_request(request_id, prompt, params)
+        try:
+            while True:
+                try:
+                    out = mine.get_nowait()
+                except queue.Empty:
+                    self._step_for(mine)
+                    continue
+                event, finished = out
+                if event.n_tokens or event.text:
+                    yield event
+                if finished:
+                    return
+        finally:
+            with self._engine_lock:  # a stream left early (error, consumer stopped): free its engine slot
+                self._streams.pop(request_id, None)
+                if request_id in self._done_ids:
+                    self._done_ids.discard(request_id)
+                elif self.llm is not None:
+                    self.llm.llm_engine.abort_request([request_id])
+
+    def _step_for(self, waiting: "queue.SimpleQueue") -> None:
+        """One engine step for everyone, unless another stream's step already fed `waiting`."""
+        with self._engine_lock:
+            if not waiting.empty():
+                return
+            outputs = self.llm.llm_engine.step()
+            t = time.perf_counter()
+            for out in outputs:
+                target = self._streams.get(out.request_id)
+                if target is None:
+                    continue
+                delta = out.outputs[0]
+                if out.finished:
+                    self._done_ids.add(out.request_id)
+                target.put((TokenEvent(text=delta.text, n_tokens=len(delta.token_ids), t=t), out.finished))
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
