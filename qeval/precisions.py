@@ -343,6 +343,22 @@ def kernel_kind(precision: str | Precision, engine: str, arch: str) -> str:
     return "unknown"
 
 
+def current_arch() -> str:
+    """This machine's accelerator in the registry's terms: "cpu", "ampere", "ada", "hopper" or "blackwell"."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    major, minor = torch.cuda.get_device_capability()
+    if major >= 10:
+        return "blackwell"
+    if major == 9:
+        return "hopper"
+    return "ada" if (major, minor) >= (8, 9) else "ampere"
+
+
 def vllm_load_kwargs(precision: str | Precision, *, online: bool = False) -> dict[str, Any]:
     """Keyword arguments for ``vllm.LLM`` (a fresh dict).
 

