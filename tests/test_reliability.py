@@ -89,3 +89,56 @@ def test_engine_failure_in_one_cell_leaves_the_others_intact(tmp_path: Path, pla
     assert decisions[("int8_wo", "hf")]["verdict"] != "BLOCK"
     assert PLANTED in out.out and "BLOCK" in out.out
 
+
+# -- (c) a corrupted cache file is detected, rebuilt, and said ---------------------------------------
+
+def _build_counting(calls: list[int]):
+    """A builder like the quantizer's: writes the artifact's files (two, one in a subfolder) into the folder."""
+    def build(folder: Path) -> dict:
+        calls.append(1)
+        (folder / "weights.bin").write_bytes(bytes(range(256)) * 64)
+        (folder / "sub").mkdir()
+        (folder / "sub" / "config.json").write_text('{"bits": 8}')
+        return {"built": len(calls)}
+    return build
+
+
+CORRUPTIONS = {
+    "flipped-bytes": (lambda f: (f / "weights.bin").write_bytes(b"\xff" + (f / "weights.bin").read_bytes()[1:]),
+                      "files differ from their recorded sha256: weights.bin"),
+    "truncated-file": (lambda f: (f / "sub" / "config.json").write_text('{"bi'),
+                       "files differ from their recorded sha256: sub/config.json"),
+    "deleted-file": (lambda f: (f / "weights.bin").unlink(), "files differ from their recorded sha256: weights.bin"),
+    "extra-file": (lambda f: (f / "stray.tmp").write_text("x"), "files differ from their recorded sha256: stray.tmp"),
+    "manifest-garbled": (lambda f: (f / "artifact.json").write_text('{"key": "ab'),
+                         "artifact.json is unreadable (JSONDecodeError)"),
+    "manifest-missing": (lambda f: (f / "artifact.json").unlink(), "no artifact.json (an interrupted build)"),
+}
+
+
+@pytest.mark.parametrize("corrupt, problem", CORRUPTIONS.values(), ids=list(CORRUPTIONS))
+def test_corrupted_cached_artifact_is_detected_rebuilt_and_logged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, corrupt, problem: str) -> None:
+    from qeval import artifacts
+
+    monkeypatch.setenv("QEVAL_CACHE", str(tmp_path / "cache"))
+    key = "ab" * 32
+    calls: list[int] = []
+    folder, built = artifacts.get_or_build(key, _build_counting(calls), label="test")
+    assert built and artifacts.verify(folder) is None
+    assert artifacts.get_or_build(key, _build_counting(calls), label="test") == (folder, False)  # reused
+    assert len(calls) == 1
+    good = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "artifact.json"}
+
+    corrupt(folder)
+    assert artifacts.verify(folder) == problem
+    with caplog.at_level(logging.WARNING, logger="qeval.artifacts"):
+        again, built = artifacts.get_or_build(key, _build_counting(calls), label="test")
+    assert (again, built) == (folder, True) and len(calls) == 2
+    assert f"test: cached artifact {key[:12]} is corrupt ({problem}); rebuilding it" in caplog.text
+    # Rebuilt whole: the same files, verified, a fresh manifest; no temp folders left in the cache.
+    assert artifacts.verify(folder) is None
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and p.name != "artifact.json"} == good
+    assert artifacts.read_manifest(folder)["info"] == {"built": 2}
+    assert sorted(p.name for p in folder.parent.iterdir()) == [key, f"{key}.lock"]
