@@ -142,3 +142,119 @@ def test_corrupted_cached_artifact_is_detected_rebuilt_and_logged(
             if p.is_file() and p.name != "artifact.json"} == good
     assert artifacts.read_manifest(folder)["info"] == {"built": 2}
     assert sorted(p.name for p in folder.parent.iterdir()) == [key, f"{key}.lock"]
+
+
+# -- (a) kill -9 mid-run, resume: the same results as a run that was never interrupted ---------------
+
+KILL_SUITE = """\
+name: kill-resume
+model: {source: smollm2-135m-instruct}
+baseline: bf16
+candidates: [int8_wo]
+backends: [hf]
+tasks:
+  - {name: bigbench_mc_social_iqa, limit: 30}
+  - {name: bigbench_mc_physics, limit: 30}
+calibration: bigbench-mixed
+divergence: {enabled: false}
+latency: {enabled: false}
+gate: {margin: 5.0}
+"""
+CELLS = ("bf16-hf", "int8_wo-hf")
+TASKS = ("bigbench_mc_social_iqa", "bigbench_mc_physics")
+
+
+def _qeval(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "qeval.cli", *args]
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    # The subprocess imports this checkout's qeval (not another installed copy).
+    repo = str(Path(__file__).parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _results(run_dir: Path) -> dict[tuple[str, str], dict[int, tuple[float, list[float]]]]:
+    """Per cell and task: doc id -> (score, every choice's log-likelihood)."""
+    from qeval.store import RunStore
+
+    store = RunStore(run_dir)
+    return {(cell, task): {s["doc_id"]: (s["score"], s["loglikelihoods"]) for s in store.read_samples(cell, task)}
+            for cell in CELLS for task in TASKS}
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_results(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(KILL_SUITE)
+
+    # The reference: the same suite, never interrupted.
+    ref = subprocess.run(_qeval("run", str(suite), "--reports-dir", str(tmp_path / "ref")), env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode in (0, 1), ref.stderr[-3000:]
+    [ref_dir] = list((tmp_path / "ref").iterdir())
+
+    # The victim: killed (SIGKILL, its whole process group) once the baseline cell and the candidate's first task
+    # are on disk and a batch of the candidate's second task is in its request cache: mid-task, mid-run.
+    reports = tmp_path / "killed"
+    proc = subprocess.Popen(_qeval("run", str(suite), "--reports-dir", str(reports)), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 400
+    watermark = None
+    try:
+        while True:
+            assert proc.poll() is None, f"the run ended before it was killed:\n{proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "the run did not reach the kill point in time"
+            samples = list(reports.glob("*/cells/*/samples/*.jsonl"))
+            requests = next(iter(reports.glob("*/cells/int8_wo-hf/requests.jsonl")), None)
+            if len(samples) == 3 and requests is not None:
+                if watermark is None:
+                    watermark = _lines(requests)  # the first task's requests
+                elif _lines(requests) > watermark:
+                    break
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    [run_dir] = list(reports.iterdir())
+    done = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("cells/*/samples/*.jsonl"))
+    assert len(done) == 3, f"killed too late: {done}"  # some but not all results were on disk
+    assert (run_dir / "cells/bf16-hf/status.json").exists() and not (run_dir / "cells/int8_wo-hf/status.json").exists()
+
+    resumed = subprocess.run(_qeval("run", "--resume", str(run_dir)), env=_env(), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == ref.returncode, resumed.stderr[-3000:]
+    # Nothing that finished was recomputed: the finished cell is reused, the partial task starts from its cache.
+    import re
+
+    assert "bf16-hf: finished in an earlier run, reused" in resumed.stderr
+    reuse = re.search(r"int8_wo-hf: (\d+) of (\d+) loglikelihood requests reused", resumed.stderr)
+    assert reuse and 0 < int(reuse[1]) < int(reuse[2]), resumed.stderr[-3000:]  # the partial task, from its cache
+    # Only the interrupted task is evaluated again (a finished task or cell logs no new result line).
+    finished_now = re.findall(r"(\S+-hf) (bigbench_mc_\w+): \{", resumed.stderr)
+    assert finished_now == [("int8_wo-hf", "bigbench_mc_physics")], finished_now
+    print(f"resume: {reuse[0]}")
+
+    # Identical to the uninterrupted run: every cell, task and doc id, score and log-likelihoods.
+    got, want = _results(run_dir), _results(ref_dir)
+    for key in want:
+        assert sorted(got[key]) == sorted(want[key]) == list(range(30)), key
+        assert {d: s for d, (s, _) in got[key].items()} == {d: s for d, (s, _) in want[key].items()}, key
+        assert got[key] == want[key], f"{key}: log-likelihoods differ after resume"
+    verdicts = [{(d["candidate"], d["backend"]): d["verdict"] for d in json.loads((r / "results.json").read_text())
+                 ["decisions"]} for r in (run_dir, ref_dir)]
+    assert verdicts[0] == verdicts[1]
