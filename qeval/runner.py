@@ -84,6 +84,7 @@ def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
     """
     from qeval.assets import bigbench, model as model_assets
 
+    check_server_port(suite, suite_path)
     if suite.model.source in model_assets.BUILTIN:
         model_dir = model_assets.ensure_model(suite.model.source)
     else:
@@ -91,9 +92,29 @@ def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
         model_dir = src if src.is_absolute() else (suite_path.parent / src).resolve()
     check_quantization_inputs(suite, suite_path, model_dir)
     task_manager = bigbench.task_manager()
-    for task in suite.tasks:
+    for i, task in enumerate(suite.tasks):
         bigbench.resolve_task(task.name, task_manager, file=str(suite_path))
+        # Pack tasks' metrics are known here; a typo would otherwise end every cell in ERROR after computing it.
+        if task.name.startswith(bigbench.PREFIX) and task.metric not in bigbench.PACK_METRICS:
+            raise QevalError(f"task {task.name!r} has no per-sample metric {task.metric!r}", file=str(suite_path),
+                             field=f"tasks[{i}].metric", fix=f"use one of {', '.join(bigbench.PACK_METRICS)}")
     return model_dir, task_manager
+
+
+def check_server_port(suite: Suite, suite_path: Path) -> None:
+    """A busy server.port is refused before the run starts, not when the first `vllm serve` cell reaches it
+    (the cell checks again: the port may be taken in between)."""
+    from qeval.serving import LOOPBACK, port_in_use
+
+    spec = suite.server
+    served_here = [p for p in suite.precisions if p not in spec.endpoints]
+    if "openai" not in suite.backends or spec.port is None or not served_here:
+        return
+    if port_in_use(spec.port):
+        raise QevalError(f"port {spec.port} on {LOOPBACK} is already in use, so `vllm serve` cannot bind it "
+                         f"(needed for {', '.join(served_here)}, which have no endpoint)", file=str(suite_path),
+                         field="server.port", fix="stop what listens there, pick another port, or leave the "
+                                                  "port unset and qeval takes a free one")
 
 
 def check_quantization_inputs(suite: Suite, suite_path: Path, model_dir: Path) -> None:
@@ -168,7 +189,12 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
     weights_hash = model_hash(model_dir)  # a folder without weights is refused here, before the run dir exists
     tokenizer = load_tokenizer(model_dir, suite, suite_path)
     if not resume:
-        store.root.mkdir(parents=True, exist_ok=False)
+        try:
+            store.root.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:  # a parent that is a file, a read-only disk ...: say so, not a traceback
+            raise QevalError(f"cannot create the run directory {store.root} ({type(exc).__name__}: "
+                             f"{exc.strerror or exc})", field="--reports-dir",
+                             fix="choose a reports directory you can write to") from None
     cells = plan(suite)
     if not resume:
         (store.root / "suite.yaml").write_bytes(suite_path.read_bytes())

@@ -9,10 +9,14 @@ malformed output) are in tests/test_openai_backend.py; malformed-suite details i
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import socket
 import textwrap
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -61,7 +65,8 @@ def _suite(text: str, files: dict[str, str | bytes] | None = None) -> Callable[[
             else:
                 path.write_text(content.replace("{IN}", str(folder)))
         suite = folder / "suite.yaml"
-        suite.write_text(textwrap.dedent(text).replace("{IN}", str(folder)))
+        if "suite.yaml" not in (files or {}):
+            suite.write_text(textwrap.dedent(text).replace("{IN}", str(folder)))
         return ["run", str(suite), "--reports-dir", str(tmp / "reports")]
     return build
 
@@ -77,6 +82,28 @@ def _unreadable_model(tmp: Path) -> list[str]:
         (tmp / "in" / "model").chmod(0o755)
         pytest.skip("running as a user that chmod 000 does not stop (root)")
     return argv
+
+
+_HELD: list[socket.socket] = []  # sockets a row keeps open while the CLI runs (closed after each test)
+
+
+def _busy_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    _HELD.append(s)
+    return int(s.getsockname()[1])
+
+
+def _port_in_use(tmp: Path) -> list[str]:
+    served = GOOD.replace("[hf]", "[openai]") + f"server: {{port: {_busy_port()}}}\n"
+    return _suite(served)(tmp)
+
+
+def _reports_in(tmp: Path, reports: str) -> list[str]:
+    argv = _suite(GOOD)(tmp)
+    (tmp / "file").write_text("not a directory")
+    return [*argv[:-1], str(tmp / reports)]
 
 
 # A model folder that passes every file check but has no tokenizer (the weights file only needs to hash).
@@ -106,6 +133,13 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
      ["the suite changed", "suite.sha256", "start a new run"]),
     # -- the suite file -------------------------------------------------------------------------------
     ("suite-file-missing", lambda t: ["run", str(t / "nosuite.yaml")], ["file not found", "nosuite.yaml", "fix:"]),
+    ("suite-is-a-directory", lambda t: ["run", str(_empty(t))], ["cannot read it as a text file", "fix:"]),
+    ("suite-not-utf8", _suite("", {"suite.yaml": b"\xff\xfe\x00binary"}),
+     ["suite.yaml", "UnicodeDecodeError", "fix: pass a readable UTF-8 YAML file"]),
+    ("reports-dir-is-a-file", lambda t: _reports_in(t, "file"),
+     ["field '--reports-dir'", "is a file, not a directory", "fix:"]),
+    ("reports-dir-under-a-file", lambda t: _reports_in(t, "file/reports"),
+     ["field '--reports-dir'", "cannot create the run directory", "fix: choose a reports directory"]),
     ("suite-yaml-syntax-error", _suite("name: t\ncandidates: [fp8\n"),
      ["suite.yaml", "YAML syntax error at line 3", "fix: check indentation"]),
     ("suite-not-a-mapping", _suite("- just\n- a list\n"), ["suite.yaml", "must be a YAML mapping of fields, got list", "fix:"]),
@@ -137,6 +171,11 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
     ("unknown-task", _suite(GOOD.replace("bigbench_mc_physics", "bigbench_mc_physix")),
      ["suite.yaml", "tasks[bigbench_mc_physix]", "unknown task 'bigbench_mc_physix'",
       "fix: did you mean bigbench_mc_physics,"]),
+    ("unknown-metric", _suite(GOOD.replace("limit: 10", "limit: 10, metric: accuracy")),
+     ["suite.yaml", "field 'tasks[0].metric'", "no per-sample metric 'accuracy'", "fix: use one of acc, acc_norm"]),
+    # -- servers --------------------------------------------------------------------------------------
+    ("server-port-in-use", _port_in_use,
+     ["suite.yaml", "field 'server.port'", "already in use", "fix: stop what listens there"]),
     # -- the model folder -----------------------------------------------------------------------------
     ("model-folder-missing", _suite(_local_model("./no/such/model")),
      ["field 'model.source'", "'./no/such/model' does not exist", "fix:"]),
@@ -167,7 +206,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
 ]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def _nothing_heavy(monkeypatch: pytest.MonkeyPatch) -> None:
     """A row that validation let through must fail here, not start computing cells."""
     def refuse(*args: object, **kwargs: object) -> None:
@@ -175,10 +214,18 @@ def _nothing_heavy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("qeval.runner.run_cell", refuse)
 
 
+@pytest.fixture(autouse=True)
+def _release_sockets() -> None:
+    yield
+    while _HELD:
+        _HELD.pop().close()
+
+
 def test_the_table_is_large_enough() -> None:
     assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
 
 
+@pytest.mark.usefixtures("_nothing_heavy")
 @pytest.mark.parametrize("argv, fragments", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: Callable[[Path], list[str]],
                    fragments: list[str]) -> None:
@@ -193,3 +240,95 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: Cal
         assert fragment.replace("{IN}", str(tmp_path / "in")) in err, (fragment, err)
     # Nothing written or removed by a refused command (and a refused YAML tag ran nothing: no PWNED file).
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == after_setup
+
+
+# -- engines that fail once the run has started: exit 2, and what earlier cells computed is kept ---------------
+
+class _Engine(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that lists its model but answers completions with `ANSWER(request)`."""
+
+    ANSWER: Callable[[dict], tuple[int, bytes]] = staticmethod(lambda body: (200, b""))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, code: int, payload: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        self._send(200, json.dumps({"data": [{"id": "engine"}]}).encode())
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self._send(*type(self).ANSWER(body))
+
+
+@pytest.fixture
+def engine_url() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Engine)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+ENGINE_FAILURES = {
+    # a socket that accepts connections and never speaks HTTP
+    "endpoint-never-healthy": (None, ["field 'server.endpoints.int8_wo'", "does not answer",
+                                      "did not become healthy within 2 s", "fix: start the server"]),
+    "engine-answers-non-json": (lambda body: (200, b"<html>oops</html>"), ["non-JSON", "fix:"]),
+    "engine-answers-no-choices": (lambda body: (200, b'{"choices": []}'), ["returned 0 choices for", "fix:"]),
+    "engine-answers-no-logprobs": (  # one choice per prompt, as it should, but without the scores
+        lambda body: (200, json.dumps({"choices": [{"index": i, "text": "x", "logprobs": None}
+                                                   for i in range(len(body["prompt"]))]}).encode()),
+        ["no per-token prompt log-probabilities", "fix:"]),
+    "engine-answers-http-500": (lambda body: (500, b"engine crashed"), ["answered HTTP 500", "fix:"]),
+}
+
+
+@pytest.mark.parametrize("answer, fragments", ENGINE_FAILURES.values(), ids=list(ENGINE_FAILURES))
+def test_engine_failure_mid_run_is_exit_2_and_keeps_computed_results(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], engine_url: str,
+        answer: Callable[[dict], tuple[int, bytes]] | None,
+        fragments: list[str]) -> None:
+    """The baseline cell was computed by an earlier run (its records stand in the run dir); the candidate's
+    endpoint is broken: `run --resume` stops with exit 2 and a clear message, and the baseline's records are
+    untouched."""
+    from qeval.store import RunStore
+
+    if answer is None:
+        url = f"http://127.0.0.1:{_busy_port()}"
+    else:
+        _Engine.ANSWER = staticmethod(answer)
+        url = engine_url
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(GOOD.replace("[hf]", "[openai]") + textwrap.dedent(f"""\
+        divergence: {{enabled: false}}
+        latency: {{enabled: false}}
+        server: {{endpoints: {{bf16: "{url}", int8_wo: "{url}"}}, startup_timeout_s: 2}}
+        """))
+    # First run: the broken engine stops it at its first cell.
+    assert main(["run", str(suite), "--reports-dir", str(tmp_path / "reports")]) == 2
+    first = capsys.readouterr().err
+    assert "Traceback" not in first and all(f in first for f in fragments if "int8_wo" not in f), first
+    [run_dir] = list((tmp_path / "reports").iterdir())
+    # What an earlier, healthy run of the baseline would have left: finished records of the bf16 cell.
+    store = RunStore(run_dir)
+    records = [{"doc_id": i, "score": float(i % 2), "metrics": {"acc": float(i % 2)}} for i in range(10)]
+    store.write_samples("bf16-openai", "bigbench_mc_physics", records)
+    store.write_status("bf16-openai", {"state": "ok"})
+    kept = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    rc = main(["run", "--resume", str(run_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and "qeval: error: " in err  # (after lm-eval's progress bars)
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    # Nothing computed is lost or rewritten; the failed cell left no status or samples behind.
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert store.read_status("int8_wo-openai") is None and store.tasks("int8_wo-openai") == []

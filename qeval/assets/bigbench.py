@@ -32,6 +32,7 @@ from qeval.paths import cache_subdir
 SDIST = Distribution("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz",
                      "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2")
 PREFIX = "bigbench_mc_"
+PACK_METRICS = ("acc", "acc_norm")  # the metric_list of every pack task (see _task_yaml)
 PACK_VERSION = 2  # bump when the conversion changes: the pack is rebuilt
 DONE = "pack.json"
 
@@ -83,8 +84,7 @@ def _task_yaml(name: str, data: Path) -> str:
         'doc_to_choice: "{{choices}}"',
         "doc_to_target: gold",
         "metric_list:",
-        "  - {metric: acc, aggregation: mean, higher_is_better: true}",
-        "  - {metric: acc_norm, aggregation: mean, higher_is_better: true}",
+        *[f"  - {{metric: {m}, aggregation: mean, higher_is_better: true}}" for m in PACK_METRICS],
         "metadata:",
         f"  version: {PACK_VERSION}.0",
         "  source: bigbench==1.0.0 (PyPI sdist), converted by qeval",
