@@ -76,7 +76,11 @@ def verify(folder: Path) -> str | None:
     manifest = folder / MANIFEST
     if not manifest.exists():
         return "no artifact.json (an interrupted build)"
-    recorded = json.loads(manifest.read_text())["files"]
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        # A damaged manifest is a corrupt artifact like any other (rebuilt), not a crash of the cell.
+        return f"{MANIFEST} is unreadable ({type(exc).__name__})"
     actual = _file_hashes(folder)
     if recorded != actual:
         bad = sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))

@@ -99,7 +99,11 @@ def _texts(spec: CalibrationSpec, spec_path: Path, eval_tasks: list[str]) -> lis
                              fix=f"remove {', '.join(overlap)} from the calibration set, or pick another set")
         texts = []
         for task in source.tasks:
-            for doc in read_docs(task):
+            try:
+                docs = read_docs(task)
+            except QevalError as err:  # name the calibration file, where the task is listed
+                raise QevalError(err.problem, file=str(spec_path), field="source.tasks", fix=err.fix) from None
+            for doc in docs:
                 texts.append(doc["input"] + " " + doc["choices"][doc["gold"]])
         return texts
     if isinstance(source, FileSource):
@@ -107,9 +111,25 @@ def _texts(spec: CalibrationSpec, spec_path: Path, eval_tasks: list[str]) -> lis
         if not path.is_file():
             raise QevalError(f"calibration file {path} does not exist", file=str(spec_path), field="source.path",
                              fix="give a path relative to the calibration set file")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+            raise QevalError(f"cannot read calibration file {path} as UTF-8 text ({type(exc).__name__})",
+                             file=str(spec_path), field="source.path",
+                             fix="point it at a readable UTF-8 text or JSONL file") from None
         if source.kind == "jsonl":
-            texts = [str(json.loads(line)[source.field]) for line in lines if line.strip()]
+            texts = []
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    texts.append(str(row[source.field]))
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise QevalError(f"line {n} of {path} has no {source.field!r} text field "
+                                     f"({type(exc).__name__})", file=str(spec_path), field="source.field",
+                                     fix=f"make every line a JSON object with a {source.field!r} string, "
+                                         "or name the right field") from None
         else:
             texts = [line for line in lines if line.strip()]
         if not texts:
@@ -125,6 +145,23 @@ def _texts(spec: CalibrationSpec, spec_path: Path, eval_tasks: list[str]) -> lis
         raise QevalError(f"could not load dataset {source.dataset!r} from the hub ({type(exc).__name__})",
                          file=str(spec_path), field="source.dataset",
                          fix="use a bigbench or local text source where the hub is unreachable") from None
+
+
+def check_calibration(name_or_path: str, eval_tasks: list[str], *, suite_file: str | None = None) -> None:
+    """Check a calibration set before any model is loaded: it exists, validates, has text, does not
+    overlap the evaluation tasks. Hub sources are checked when loaded (they need the network).
+
+    Args:
+        suite_file: the suite that names the set, for messages that have no file of their own.
+    """
+    try:
+        spec, path = load_spec(name_or_path)
+        if not isinstance(spec.source, HubSource):
+            _texts(spec, path, eval_tasks)
+    except QevalError as err:
+        if err.file is None:
+            raise QevalError(err.problem, file=suite_file, field=err.field, fix=err.fix) from None
+        raise
 
 
 def load_calibration(name_or_path: str, eval_tasks: list[str], tokenizer: Any) -> CalibrationSet:

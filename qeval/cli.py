@@ -44,7 +44,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         suite_arg = Path(args.resume) / "suite.yaml"
     suite, suite_path = load_suite(suite_arg)
     resume = args.resume is not None
-    run_dir = Path(args.resume) if resume else new_run_dir(Path(args.reports_dir), suite)
+    reports_dir = Path(args.reports_dir)
+    # Checked before the run starts: otherwise the run would fail creating its directory, with a traceback.
+    if not resume and reports_dir.exists() and not reports_dir.is_dir():
+        raise QevalError(f"{reports_dir} is a file, not a directory", field="--reports-dir",
+                         fix="pass a directory (it is created if missing), or move the file away")
+    if not resume and reports_dir.is_dir() and not os.access(reports_dir, os.W_OK | os.X_OK):
+        raise QevalError(f"{reports_dir} is not writable by this user", field="--reports-dir",
+                         fix="pass a directory you can write to")
+    run_dir = Path(args.resume) if resume else new_run_dir(reports_dir, suite)
     store = run_suite(suite, suite_path, run_dir, resume=resume)
     print(f"run directory: {store.root}")
     return finish(store.root)

@@ -77,18 +77,85 @@ class Context:
 
 
 def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
-    """The model folder and lm-eval's task manager (offline pack included); fetched on first use."""
+    """The model folder and lm-eval's task manager (offline pack included); fetched on first use.
+
+    Every input a run needs is checked here, before anything heavy (the cheap checks first): bad input is
+    exit code 2 in seconds, not after the baseline has been computed.
+    """
     from qeval.assets import bigbench, model as model_assets
 
+    check_server_port(suite, suite_path)
     if suite.model.source in model_assets.BUILTIN:
         model_dir = model_assets.ensure_model(suite.model.source)
     else:
         src = Path(suite.model.source)
         model_dir = src if src.is_absolute() else (suite_path.parent / src).resolve()
+    check_quantization_inputs(suite, suite_path, model_dir)
     task_manager = bigbench.task_manager()
-    for task in suite.tasks:
-        bigbench.resolve_task(task.name, task_manager)
+    for i, task in enumerate(suite.tasks):
+        bigbench.resolve_task(task.name, task_manager, file=str(suite_path))
+        # Pack tasks' metrics are known here; a typo would otherwise end every cell in ERROR after computing it.
+        if task.name.startswith(bigbench.PREFIX) and task.metric not in bigbench.PACK_METRICS:
+            raise QevalError(f"task {task.name!r} has no per-sample metric {task.metric!r}", file=str(suite_path),
+                             field=f"tasks[{i}].metric", fix=f"use one of {', '.join(bigbench.PACK_METRICS)}")
     return model_dir, task_manager
+
+
+def check_server_port(suite: Suite, suite_path: Path) -> None:
+    """A busy server.port is refused before the run starts, not when the first `vllm serve` cell reaches it
+    (the cell checks again: the port may be taken in between)."""
+    from qeval.serving import LOOPBACK, port_in_use
+
+    spec = suite.server
+    served_here = [p for p in suite.precisions if p not in spec.endpoints]
+    if "openai" not in suite.backends or spec.port is None or not served_here:
+        return
+    if port_in_use(spec.port):
+        raise QevalError(f"port {spec.port} on {LOOPBACK} is already in use, so `vllm serve` cannot bind it "
+                         f"(needed for {', '.join(served_here)}, which have no endpoint)", file=str(suite_path),
+                         field="server.port", fix="stop what listens there, pick another port, or leave the "
+                                                  "port unset and qeval takes a free one")
+
+
+def check_quantization_inputs(suite: Suite, suite_path: Path, model_dir: Path) -> None:
+    """Calibration set and recipe/model fit, checked up front for the cells that certainly quantize.
+
+    hf cells always quantize their candidate (simulated), so a missing or empty calibration set, or a
+    block size that does not divide the model's widths, would otherwise stop the run only after the
+    baseline was computed. Other backends may not quantize at all (a served endpoint, no kernels on
+    this machine): their cells check when they build.
+    """
+    from qeval import precisions
+    from qeval.calibration import check_calibration
+
+    if "hf" not in suite.backends:
+        return
+    if suite.calibration is None:
+        raise QevalError("the suite quantizes candidates (hf backend) but names no calibration set",
+                         file=str(suite_path), field="calibration",
+                         fix="add e.g. `calibration: bigbench-mixed` (see calibration_sets/)")
+    check_calibration(suite.calibration, [t.name for t in suite.tasks], suite_file=str(suite_path))
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))  # readable JSON: checked by load_suite
+    for i, name in enumerate(suite.candidates):
+        try:
+            precisions.check_compatible(name, config, source=str(config_path))
+        except QevalError as err:
+            raise QevalError(err.problem, file=str(suite_path), field=f"candidates[{i}]", fix=err.fix) from None
+
+
+def load_tokenizer(model_dir: Path, suite: Suite, suite_path: Path) -> Any:
+    """The model folder's tokenizer; a folder without one is bad input, named, not a traceback."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
+                                             trust_remote_code=suite.model.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError ... here
+        raise QevalError(f"cannot load a tokenizer from {model_dir} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})", file=str(suite_path),
+                         field="model.source", fix="point it at a folder with the tokenizer files "
+                         "(tokenizer.save_pretrained into the model folder)") from None
 
 
 def check_resume(store: RunStore, suite_sha: str) -> None:
@@ -111,8 +178,6 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
         resume: continue a run directory that exists (same suite), reusing every finished result.
         only: cell ids to run (the baselines they need are added); None runs the whole plan.
     """
-    from transformers import AutoTokenizer
-
     from qeval.assets.model import model_hash
 
     sha = suite_hash(suite_path)
@@ -121,20 +186,25 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
         check_resume(store, sha)
     # Assets and task names are checked before the run directory exists: bad input leaves nothing behind.
     model_dir, task_manager = prepare_assets(suite, suite_path)
+    weights_hash = model_hash(model_dir)  # a folder without weights is refused here, before the run dir exists
+    tokenizer = load_tokenizer(model_dir, suite, suite_path)
     if not resume:
-        store.root.mkdir(parents=True, exist_ok=False)
+        try:
+            store.root.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:  # a parent that is a file, a read-only disk ...: say so, not a traceback
+            raise QevalError(f"cannot create the run directory {store.root} ({type(exc).__name__}: "
+                             f"{exc.strerror or exc})", field="--reports-dir",
+                             fix="choose a reports directory you can write to") from None
     cells = plan(suite)
     if not resume:
         (store.root / "suite.yaml").write_bytes(suite_path.read_bytes())
         write_json_atomic(store.root / "manifest.json", build_manifest(
             run_id=store.root.name, suite_name=suite.name, suite_path=suite_path, suite_hash=sha,
-            model_source=suite.model.source, model_hash=model_hash(model_dir),
+            model_source=suite.model.source, model_hash=weights_hash,
             seeds=suite.seeds.model_dump(), plan=[c.id for c in cells]))
     if only is not None:
         wanted_backends = {c.backend for c in cells if c.id in only}
         cells = [c for c in cells if c.id in only or (c.is_baseline and c.backend in wanted_backends)]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
-                                              trust_remote_code=suite.model.trust_remote_code)
     ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager)
     for cell in cells:
         run_cell(ctx, cell)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +53,9 @@ class ModelSpec(_Strict):
     source: str = Field("smollm2-135m-instruct", description="a built-in offline model name "
                         f"({', '.join(BUILTIN_MODELS)}) or the path of a local Hugging Face folder")
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    trust_remote_code: bool = Field(False, description="run the model folder's own Python code; off unless you trust it")
+    # Strict: only a YAML true turns it on; a quoted 'yes' or a 1 is refused, not coerced (it runs foreign code).
+    trust_remote_code: bool = Field(False, strict=True,
+                                    description="run the model folder's own Python code; off unless you trust it")
     max_length: PositiveInt = 2048
 
 
@@ -234,6 +238,11 @@ _TYPE_HINTS = {
 }
 
 
+# pydantic's numeric bound errors: the fix states the bound itself (ctx holds its value).
+_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
+           "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -258,6 +267,10 @@ def _fix_for(error: dict, model: type[BaseModel]) -> str:
     if kind == "value_error":
         cause = error.get("ctx", {}).get("error")
         return getattr(cause, "fix", None) or "see the message above; suites/smoke.yaml is a working example"
+    bound = _BOUNDS.get(kind)
+    if bound is not None:
+        op, key = bound
+        return f"use a number {op} {error.get('ctx', {}).get(key)}"
     return f"use {_TYPE_HINTS.get(kind, 'a value of the right type')}"
 
 
@@ -305,6 +318,13 @@ def read_yaml(path: Path) -> Any:
                          fix="pass a readable UTF-8 YAML file") from None
     try:
         return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        # A tag such as !!python/object/apply: safe loading refuses it (nothing is constructed or run).
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise QevalError(f"YAML tag refused{where}: {exc.problem} (qeval loads YAML safely and never builds "
+                         "Python objects from it)", file=str(path),
+                         fix="remove the tag and write plain YAML values (strings, numbers, lists, mappings)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -351,9 +371,30 @@ def _check_model_source(suite: Suite, path: Path) -> None:
         raise QevalError(f"model folder {source!r} does not exist (looked at {folder})", file=str(path),
                          field="model.source", fix=f"use a built-in model ({', '.join(BUILTIN_MODELS)}) "
                          "or the path of a local Hugging Face folder (relative to the suite file)")
-    if not (folder / "config.json").is_file():
+    if not folder.is_dir():
+        raise QevalError(f"{folder} is a file, not a model folder", file=str(path), field="model.source",
+                         fix="point it at the folder that holds config.json and the weights")
+    # Unreadable is not the same as missing: say which, so the fix is permissions, not the path.
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise QevalError(f"model folder {folder} is not readable by this user", file=str(path),
+                         field="model.source", fix=f"give this user read access (chmod -R u+rX {folder})")
+    config = folder / "config.json"
+    if not config.is_file():
         raise QevalError(f"{folder} has no config.json: not a Hugging Face model folder", file=str(path),
                          field="model.source", fix="point it at a folder written by save_pretrained")
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except PermissionError:
+        raise QevalError(f"{config} is not readable by this user", file=str(path), field="model.source",
+                         fix=f"give this user read access (chmod u+r {config})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QevalError(f"{config} is not valid JSON ({type(exc).__name__}: {exc})", file=str(path),
+                         field="model.source", fix="restore the model folder's config.json "
+                         "(save_pretrained writes it)") from None
+    if not isinstance(parsed, dict):
+        raise QevalError(f"{config} is not a JSON object (got {type(parsed).__name__})", file=str(path),
+                         field="model.source", fix="restore the model folder's config.json "
+                         "(save_pretrained writes it)")
 
 
 def suite_hash(path: Path) -> str:

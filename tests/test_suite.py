@@ -113,7 +113,7 @@ def test_yaml_is_loaded_safely(tmp_path: Path, capsys: pytest.CaptureFixture[str
     # A python/object tag must not execute anything: safe_load refuses it.
     path = write(tmp_path, GOOD + "description: !!python/object/apply:os.system ['echo pwned']\n")
     assert main(["run", str(path)]) == 2
-    assert "YAML syntax error" in capsys.readouterr().err
+    assert "YAML tag refused at line" in capsys.readouterr().err
 
 
 def test_resume_of_missing_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,6 +32,7 @@ from qeval.paths import cache_subdir
 SDIST = Distribution("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz",
                      "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2")
 PREFIX = "bigbench_mc_"
+PACK_METRICS = ("acc", "acc_norm")  # the metric_list of every pack task (see _task_yaml)
 PACK_VERSION = 2  # bump when the conversion changes: the pack is rebuilt
 DONE = "pack.json"
 
@@ -83,8 +84,7 @@ def _task_yaml(name: str, data: Path) -> str:
         'doc_to_choice: "{{choices}}"',
         "doc_to_target: gold",
         "metric_list:",
-        "  - {metric: acc, aggregation: mean, higher_is_better: true}",
-        "  - {metric: acc_norm, aggregation: mean, higher_is_better: true}",
+        *[f"  - {{metric: {m}, aggregation: mean, higher_is_better: true}}" for m in PACK_METRICS],
         "metadata:",
         f"  version: {PACK_VERSION}.0",
         "  source: bigbench==1.0.0 (PyPI sdist), converted by qeval",
@@ -176,8 +176,12 @@ def _close(name: str) -> str:
     return f"; did you mean {', '.join(matches)}?" if matches else ""
 
 
-def resolve_task(name: str, manager: Any) -> None:
-    """Check that lm-eval knows a task; standard hub tasks get an offline-aware message."""
+def resolve_task(name: str, manager: Any, *, file: str | None = None) -> None:
+    """Check that lm-eval knows a task; standard hub tasks get an offline-aware message.
+
+    Args:
+        file: the suite file that names the task (for the message).
+    """
     if name in manager.all_tasks:
         if name.startswith(PREFIX):
             return
@@ -185,13 +189,14 @@ def resolve_task(name: str, manager: Any) -> None:
             return
         raise QevalError(
             f"task {name!r} is a standard lm-eval task whose data comes from the Hugging Face dataset hub, "
-            "which is not reachable from this machine", field=f"tasks[{name}]",
+            "which is not reachable from this machine", file=file, field=f"tasks[{name}]",
             fix="run it where the hub is reachable, or use the offline BIG-bench pack "
             f"(bigbench_mc_<task>, e.g. bigbench_mc_physics){_close(PREFIX + name.split('_')[0])}")
     offline = list_tasks()
-    matches = difflib.get_close_matches(name, offline + list(manager.all_tasks), n=3, cutoff=0.6)
+    known = list(dict.fromkeys(offline + list(manager.all_tasks)))  # the pack is in both: suggest each once
+    matches = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     raise QevalError(f"unknown task {name!r}: neither lm-eval nor the offline BIG-bench pack has it",
-                     field=f"tasks[{name}]",
+                     file=file, field=f"tasks[{name}]",
                      fix=(f"did you mean {', '.join(matches)}? " if matches else "")
                      + f"{len(offline)} offline tasks are named bigbench_mc_<task>")
 
