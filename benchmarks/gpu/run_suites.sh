@@ -17,6 +17,11 @@ BUDGET=${1:-540}
 OUT=${OUT:-/tmp/qeval-gpu-out}
 REPORTS=/tmp/qeval-reports
 mkdir -p "$OUT" "$REPORTS"
+# A fresh machine can pick up where an earlier one stopped: carry that call's
+# runs.tgz as .stage/resume/runs.tgz and the unfinished runs are resumed.
+if [ -f "$REPO/.stage/resume/runs.tgz" ] && [ -z "$(ls -A "$REPORTS")" ]; then
+  tar -xzf "$REPO/.stage/resume/runs.tgz" -C "$REPORTS" && echo "restored $(ls "$REPORTS")" | tee -a "$OUT/steps.log"
+fi
 t0=$(date +%s)
 {
   date -u +"date %Y-%m-%dT%H:%M:%SZ"
@@ -31,7 +36,8 @@ for suite in suites/gpu/smoke.yaml suites/gpu/smoke-online.yaml; do
   if [ -n "$run" ]; then args=(run --resume "$run"); else args=(run "$suite" --reports-dir "$REPORTS"); fi
   echo "$(date -u +%T) qeval ${args[*]} (budget $left s)" | tee -a "$OUT/steps.log"
   timeout --signal=INT --kill-after=20 "$left" python3 -m qeval.cli "${args[@]}" >> "$OUT/run-$name.log" 2>&1
-  echo "$(date -u +%T) $suite: exit $?" | tee -a "$OUT/steps.log"
+  rc=$?  # 130: stopped by the budget (resumable); 124/137: it did not stop on SIGINT
+  echo "$(date -u +%T) $suite: exit $rc" | tee -a "$OUT/steps.log"
 done
 # Everything but the engine logs' bulk; one tarball keeps the folder layout.
 tar -C "$REPORTS" -czf "$OUT/runs.tgz" . && ls -la "$OUT"
