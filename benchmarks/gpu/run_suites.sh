@@ -36,7 +36,7 @@ for suite in suites/gpu/smoke.yaml suites/gpu/smoke-online.yaml; do
   if [ -n "$run" ]; then args=(run --resume "$run"); else args=(run "$suite" --reports-dir "$REPORTS"); fi
   echo "$(date -u +%T) qeval ${args[*]} (budget $left s)" | tee -a "$OUT/steps.log"
   timeout --signal=INT --kill-after=20 "$left" python3 -m qeval.cli "${args[@]}" >> "$OUT/run-$name.log" 2>&1
-  rc=$?  # 130: stopped by the budget (resumable); 124/137: it did not stop on SIGINT
+  rc=$?  # 124: stopped by SIGINT at the budget; 137: killed 20 s later; both resumable (finished cells are on disk)
   echo "$(date -u +%T) $suite: exit $rc" | tee -a "$OUT/steps.log"
 done
 # Everything but the engine logs' bulk; one tarball keeps the folder layout.
