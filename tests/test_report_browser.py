@@ -25,10 +25,10 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
          "--disable-extensions", "--disable-background-networking", "--disable-component-update"]
 
 
-def chromium(args: list[str], home: Path) -> subprocess.CompletedProcess:
+def chromium(args: list[str], home: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "HOME": str(home)}  # its profile and crash dumps go to the tmp dir
     return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={home / 'profile'}", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,46 @@ def test_chromium_screenshot(report: Path, tmp_path: Path) -> None:
     target = os.environ.get("QEVAL_SCREENSHOT_TO")
     if target:
         shutil.copyfile(shot, target)
+
+
+# The real run: the smoke suite on an H200 (benchmarks/gpu/RESULTS.md), checked in whole as runs.tgz.
+GPU_RUNS = Path(__file__).resolve().parent.parent / "benchmarks/gpu/results/2026-12-02-h200/runs.tgz"
+
+
+@pytest.fixture(scope="module")
+def real_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import tarfile
+
+    root = tmp_path_factory.mktemp("gpu-run")
+    with tarfile.open(GPU_RUNS) as tar:
+        tar.extractall(root, filter="data")
+    return write_reports(root / "gpu-smoke-20261202-035349").paths["html"]
+
+
+def test_chromium_renders_a_real_run(real_report: Path, tmp_path: Path) -> None:
+    """A report re-rendered from a real run's records (latency, KLD, an ERROR cell) opens cleanly."""
+    dom = chromium(["--enable-logging=stderr", "--v=0", "--dump-dom", real_report.as_uri()], tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert not console_messages(dom.stderr), console_messages(dom.stderr)
+    assert 'id="decisions"' in dom.stdout and 'id="signoff"' in dom.stdout
+    # One verdict per cell: 3 candidates x 2 backends.
+    assert dom.stdout.count('data-verdict="') == 6
+    assert "NVIDIA H200" in dom.stdout and "W8A8_SQ_PER_CHANNEL" in dom.stdout  # hardware; the ERROR cell's cause
+    shot = tmp_path / "real-report.png"
+    out = chromium([f"--screenshot={shot}", "--window-size=1400,2000", real_report.as_uri()], tmp_path)
+    assert out.returncode == 0 and shot.stat().st_size > 10_000, out.stderr[-2000:]
+
+
+def test_markup_in_model_output_stays_inert_in_the_browser(tmp_path: Path) -> None:
+    """`<script>` and `"><img onerror=...>` in a task name, a crash cause and a model answer: no script
+    runs. Had one run, its `alert` would hold headless Chromium on a dialog (seen: it never returns), and
+    a parsed payload shows in the dumped DOM as `<img src="x" onerror=...>` (seen with an unescaped page)."""
+    report = write_reports(write_run(tmp_path / "run", xss=True)).paths["html"]
+    try:
+        dom = chromium(["--enable-logging=stderr", "--v=0", "--dump-dom", report.as_uri()], tmp_path, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("Chromium did not return: an alert() dialog from the payload is the likely cause")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert not console_messages(dom.stderr), console_messages(dom.stderr)
+    assert "<img src=\"x\"" not in dom.stdout and "<img src=x" not in dom.stdout
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom.stdout
