@@ -85,3 +85,57 @@ def test_close_leaves_no_engine_process(qeval_model_dir: Path) -> None:
     backend.close()
     gone, alive = psutil.wait_procs([psutil.Process(p) for p in started if psutil.pid_exists(p)], timeout=30)
     assert not alive, f"engine processes still running after close: {[p.pid for p in alive]}"
+
+
+HF_AND_VLLM_SUITE = """\
+name: hf-and-vllm
+model: {source: smollm2-135m-instruct}
+baseline: bf16
+candidates: [int8_wo]
+backends: [hf, vllm]
+tasks:
+  - {name: bigbench_mc_social_iqa, limit: 16}
+calibration: bigbench-mixed
+divergence: {enabled: false}
+gate: {margin: 5.0}
+latency:
+  backends: [vllm]
+  concurrency: [1, 2]
+  input_tokens: 32
+  output_tokens: 8
+  num_requests: 4
+  warmup_requests: 1
+"""
+
+
+def test_a_suite_runs_on_hf_and_vllm_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`backends: [hf, vllm]` on CPU through the CLI: bf16 runs on both engines (vLLM also streams for
+    latency); int8_wo runs on hf and is an ERROR cell on vllm, which has no load path for it, with the reason."""
+    import json
+
+    from qeval.cli import main
+    from qeval.store import RunStore
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(HF_AND_VLLM_SUITE)
+    rc = main(["run", str(suite), "--reports-dir", str(tmp_path / "reports")])
+    out = capsys.readouterr()
+    assert rc == 1, out.err  # an ERROR cell blocks its candidate on that engine
+    [run_dir] = list((tmp_path / "reports").iterdir())
+    store = RunStore(run_dir)
+    for cell in ("bf16-hf", "bf16-vllm", "int8_wo-hf"):
+        assert store.read_status(cell)["state"] == "ok", cell
+    hf, vllm = (store.read_samples(c, "bigbench_mc_social_iqa") for c in ("bf16-hf", "bf16-vllm"))
+    assert [s["doc_id"] for s in vllm] == list(range(16))
+    same = sum(a["chosen"] == b["chosen"] for a, b in zip(hf, vllm))
+    assert same >= 14, f"hf and vllm-cpu picked the same answer on {same}/16 items"
+    failed = store.read_status("int8_wo-vllm")
+    assert failed["state"] == "error" and "cannot load a ModelOpt W8A16 checkpoint" in failed["cause"], failed
+
+    record = json.loads((run_dir / "cells" / "bf16-vllm" / "latency.json").read_text())
+    assert [p["load"] for p in record["loads"]] == ["c1", "c2"]
+    assert all(p["completed"] == 4 and p["wrong_length"] == 0 for p in record["loads"])
+    assert not (run_dir / "cells" / "bf16-hf" / "latency.json").exists()  # latency.backends: [vllm]
+    decisions = {(d["candidate"], d["backend"]): d["verdict"] for d in
+                 json.loads((run_dir / "results.json").read_text())["decisions"]}
+    assert decisions[("int8_wo", "vllm")] == "BLOCK" and decisions[("int8_wo", "hf")] != "BLOCK"
