@@ -44,7 +44,7 @@ def main() -> None:
 
     from qeval.assets.model import ensure_model
     from qeval.backends.vllm import VLLMBackend
-    from qeval.latency import build_requests, synthetic_prompts
+    from qeval.latency import build_requests, measure, synthetic_prompts
     from qeval.loadgen import LoadShape, run_load
 
     model = ensure_model()
@@ -60,9 +60,9 @@ def main() -> None:
         for c in args.concurrency:
             run = run_load(backend, requests[2:], LoadShape.closed(c))
             ok = [r for r in run.measured if r.error is None and r.events]
-            ttft = statistics.median((r.events[0].t - r.t_send) * 1e3 for r in ok)
-            tpot = statistics.median((r.events[-1].t - r.events[0].t) * 1e3 / max(sum(e.n_tokens for e in r.events) - 1, 1)
-                                     for r in ok)
+            timings = [measure(r.t_send, r.events) for r in ok]  # the probe's own metric definitions
+            ttft = statistics.median(t.ttft * 1e3 for t in timings)
+            tpot = statistics.median(t.tpot * 1e3 for t in timings if t.tpot is not None)
             span = max(r.events[-1].t for r in ok) - min(r.t_send for r in ok)
             print(f"{c:>11} {len(ok) / span:>7.2f} {ttft:>12.1f} {tpot:>12.2f} {shared_step_share(run):>13.2f}")
     finally:
