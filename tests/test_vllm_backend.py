@@ -82,7 +82,13 @@ def test_close_leaves_no_engine_process(qeval_model_dir: Path) -> None:
     before = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
     backend = VLLMBackend(qeval_model_dir, max_model_len=512)
     started = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)} - before
+    # A stream still being read when the engine closes ends with an error; it does not wait forever.
+    stream = backend.stream(GenerationRequest(prompt="Once upon a time", max_tokens=64, ignore_eos=True))
+    next(stream)
     backend.close()
+    with pytest.raises(RuntimeError, match="closed while this stream was in flight"):
+        for _ in stream:
+            pass
     gone, alive = psutil.wait_procs([psutil.Process(p) for p in started if psutil.pid_exists(p)], timeout=30)
     assert not alive, f"engine processes still running after close: {[p.pid for p in alive]}"
 

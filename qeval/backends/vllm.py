@@ -248,6 +248,13 @@ class VLLMBackend:
 
     def _drive(self) -> None:
         """The stream driver: add what arrived, step the engine, hand out deltas; sleep when idle."""
+        try:
+            self._drive_until_closed()
+        finally:  # closed (or broken): a stream still waiting gets an error instead of waiting forever
+            for waiting in list(self._streams.values()):
+                waiting.put(RuntimeError("the vLLM engine was closed while this stream was in flight"))
+
+    def _drive_until_closed(self) -> None:
         in_flight: set[str] = set()
         while True:
             arrived = [] if in_flight else [self._inbox.get()]  # idle: wait for a stream
