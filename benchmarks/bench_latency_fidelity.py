@@ -88,7 +88,10 @@ def run_vllm_bench(base_url: str, model: str, concurrency: int, args: argparse.N
     r = json.loads((out_dir / name).read_text())
     ok = [i for i, e in enumerate(r["errors"]) if not e]
     ttft = [r["ttfts"][i] * 1e3 for i in ok]
-    e2e = [r["latencies"][i] * 1e3 for i in ok]
+    if "latencies" in r:
+        e2e = [r["latencies"][i] * 1e3 for i in ok]
+    else:  # vLLM 0.26 saves no per-request latency; its client's E2E is TTFT + the ITL gaps by construction
+        e2e = [(r["ttfts"][i] + sum(r["itls"][i])) * 1e3 for i in ok]
     out = [r["output_lens"][i] for i in ok]
     tpot = [(e - t) / (n - 1) for t, e, n in zip(ttft, e2e, out) if n > 1]
     return {"ttft": ttft, "tpot": tpot, "e2e": e2e, "itl": [g * 1e3 for i in ok for g in r["itls"][i]], "out": out,
