@@ -11,6 +11,8 @@ import http.server
 import json
 import socket
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -96,6 +98,125 @@ def test_malformed_engine_output_is_a_clear_error(bad_engine: str, code: int, pa
         backend.loglikelihood([LoglikelihoodRequest((1, 2, 3), (4,))])
     assert info.value.fix
     backend.close()
+
+
+class _PacedStream(http.server.BaseHTTPRequestHandler):
+    """Streams completions chunks as SSE, `gap_s` apart, each carrying its own perf_counter() send time.
+
+    `script` picks the answer: "ok" (tokens, usage, [DONE]), "not-json", "http-500", "http-401",
+    or "hang" (one token, then silence until the test closes the client).
+    """
+
+    protocol_version = "HTTP/1.1"
+    script = "ok"
+    tokens = 6
+    gap_s = 0.04
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        payload = json.dumps({"data": [{"id": "paced"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.script.startswith("http-"):
+            code = int(self.script[5:])
+            self.send_response(code)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"nope!")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        if self.script == "not-json":
+            self._chunk(b"data: {broken\n\n")
+        for i in range(1 if self.script == "hang" else self.tokens):
+            time.sleep(self.gap_s)
+            event = {"choices": [{"index": 0, "text": f"{time.perf_counter():.9f} "}]}
+            self._chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+        if self.script == "hang":
+            time.sleep(5)
+            return
+        usage = {"choices": [], "usage": {"completion_tokens": self.tokens}}
+        self._chunk(b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n")
+        self._chunk(b"")
+
+
+@pytest.fixture()
+def paced_server() -> Iterator[str]:
+    _PacedStream.script = "ok"
+    httpd = http.server.ThreadingHTTPServer((LOOPBACK, 0), _PacedStream)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{LOOPBACK}:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_stream_stamps_every_chunk_at_its_arrival(paced_server: str) -> None:
+    """Each chunk says when the server sent it: the stamp must follow within a few ms, for every chunk
+    of several streams read at once (one reader loop serves them all)."""
+    from qeval.backends.openai_server import OpenAIServerBackend
+
+    backend = OpenAIServerBackend(paced_server)
+    request = GenerationRequest(prompt="x", max_tokens=_PacedStream.tokens, ignore_eos=True)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            streams = list(pool.map(lambda _: list(backend.stream(request)), range(4)))
+    finally:
+        backend.close()
+    for events in streams:
+        assert sum(e.n_tokens for e in events) == _PacedStream.tokens
+        lags_ms = [1e3 * (e.t - float(e.text)) for e in events]
+        gaps_ms = [1e3 * (b.t - a.t) for a, b in zip(events, events[1:])]
+        assert all(0 <= lag < 15 for lag in lags_ms), lags_ms
+        assert all(25 < gap < 80 for gap in gaps_ms), gaps_ms  # the server's 40 ms pacing, seen as sent
+
+
+@pytest.mark.parametrize("script, message", [
+    ("not-json", "a stream chunk is not JSON"),
+    ("http-500", "answered HTTP 500"),
+    ("http-401", "API key is missing or wrong"),
+])
+def test_malformed_stream_is_a_clear_error(paced_server: str, script: str, message: str) -> None:
+    from qeval.backends.openai_server import OpenAIServerBackend
+
+    backend = OpenAIServerBackend(paced_server)
+    _PacedStream.script = script
+    try:
+        with pytest.raises(QevalError, match=message) as info:
+            list(backend.stream(GenerationRequest(prompt="x", max_tokens=4)))
+        assert info.value.fix
+    finally:
+        backend.close()
+
+
+def test_closing_the_backend_ends_a_stream_in_flight(paced_server: str) -> None:
+    from qeval.backends.openai_server import OpenAIServerBackend
+
+    backend = OpenAIServerBackend(paced_server)
+    _PacedStream.script = "hang"
+    stream = backend.stream(GenerationRequest(prompt="x", max_tokens=4))
+    first = next(stream)  # held back until the next chunk: arrives only when the stream ends
+    closer = threading.Timer(0.3, backend.close)
+    t0 = time.perf_counter()
+    closer.start()
+    with pytest.raises(ConnectionError, match="reader was closed"):
+        list(stream)
+    assert time.perf_counter() - t0 < 3, "the stream must end when the backend closes, not when the server does"
+    assert first.n_tokens == 1
 
 
 def test_vllm_serve_args_from_the_registry() -> None:

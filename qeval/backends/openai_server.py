@@ -5,7 +5,7 @@ model does: the prompt is sent as token ids with ``echo=true, logprobs=1``
 and the server returns one log-probability per prompt token (plus its top-1),
 so every engine scores exactly the tokens the harness tokenized. Generation
 is greedy; streaming (``stream=true``) gives client-side arrival times for the
-latency probes.
+latency probes, stamped by one event loop for all streams (`qeval.backends.sse`).
 
 For a cell without a configured endpoint qeval starts `vllm serve` on
 127.0.0.1 with the cell's artifact (the baseline folder or ModelOpt's
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
@@ -33,6 +33,7 @@ from qeval.backends.base import (
     LoglikelihoodResult,
     TokenEvent,
 )
+from qeval.backends.sse import SSEReader, StreamStart
 from qeval.errors import QevalError
 from qeval.serving import Server, ServerFailed, start_vllm_server, wait_healthy
 
@@ -88,6 +89,9 @@ class OpenAIServerBackend:
         self._client = httpx.Client(base_url=f"{self.base_url}/v1", headers=headers,
                                     timeout=httpx.Timeout(request_timeout_s, connect=10.0),
                                     limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self._headers, self._request_timeout_s = headers, request_timeout_s
+        self._reader: SSEReader | None = None  # started by the first stream (loglikelihood runs never need it)
+        self._reader_lock = threading.Lock()
         self.model = model or self._first_model()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -126,6 +130,8 @@ class OpenAIServerBackend:
 
     def close(self) -> None:
         self._client.close()
+        if self._reader is not None:
+            self._reader.close()
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -151,9 +157,18 @@ class OpenAIServerBackend:
             raise MalformedResponse(f"{self.base_url}/v1/completions answered with non-JSON: {r.text[:200]!r}",
                                     field="backends", fix="point the endpoint at an OpenAI-compatible server") from None
 
+    def _sse_reader(self) -> SSEReader:
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = SSEReader(self._headers, timeout_s=self._request_timeout_s)
+            return self._reader
+
     def _check_auth(self, r: httpx.Response) -> None:
-        if r.status_code in (401, 403):
-            raise QevalError(f"{self.base_url} refused the request (HTTP {r.status_code}): the API key is missing "
+        self._check_status(r.status_code)
+
+    def _check_status(self, status: int) -> None:
+        if status in (401, 403):
+            raise QevalError(f"{self.base_url} refused the request (HTTP {status}): the API key is missing "
                              "or wrong", field="server.api_key_env",
                              fix="export the key in the environment variable server.api_key_env names "
                                  "(default OPENAI_API_KEY); qeval never writes it anywhere")
@@ -237,33 +252,36 @@ class OpenAIServerBackend:
         held: TokenEvent | None = None
         counted = 0
         usage_tokens: int | None = None
-        with self._client.stream("POST", "/completions", json=body) as r:
-            self._check_auth(r)
-            if r.status_code != 200:
-                raise MalformedResponse(f"{self.base_url}/v1/completions (stream) answered HTTP {r.status_code}: "
-                                        f"{r.read()[:300]!r}", field="backends", fix="check the server log")
-            for line in r.iter_lines():
-                t = time.perf_counter()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                try:
-                    chunk = json.loads(data)
-                except json.JSONDecodeError:
-                    raise MalformedResponse(f"{self.base_url}: a stream chunk is not JSON: {data[:120]!r}",
-                                            field="backends", fix="use an OpenAI-compatible streaming server") from None
-                if chunk.get("usage"):
-                    usage_tokens = chunk["usage"].get("completion_tokens")
-                choices = chunk.get("choices") or []
-                if not choices:
-                    continue
-                text = choices[0].get("text") or ""
-                if held is not None:
-                    yield held
-                held = TokenEvent(text=text, n_tokens=1, t=t)
-                counted += 1
+        done = False
+        for item in self._sse_reader().post_stream(f"{self.base_url}/v1/completions", body):
+            if isinstance(item, StreamStart):
+                self._check_status(item.status)
+                if item.status != 200:
+                    raise MalformedResponse(f"{self.base_url}/v1/completions (stream) answered HTTP {item.status}: "
+                                            f"{item.body!r}", field="backends", fix="check the server log")
+                continue
+            t, line = item.t, item.line.decode("utf-8", "replace")  # t: stamped by the reader at arrival
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]" or done:  # read on to the end of the body: the connection is then reused
+                done = True
+                continue
+            try:
+                chunk = json.loads(data)
+            except json.JSONDecodeError:
+                raise MalformedResponse(f"{self.base_url}: a stream chunk is not JSON: {data[:120]!r}",
+                                        field="backends", fix="use an OpenAI-compatible streaming server") from None
+            if chunk.get("usage"):
+                usage_tokens = chunk["usage"].get("completion_tokens")
+            choices = chunk.get("choices") or []
+            if not choices:
+                continue
+            text = choices[0].get("text") or ""
+            if held is not None:
+                yield held
+            held = TokenEvent(text=text, n_tokens=1, t=t)
+            counted += 1
         if held is not None:
             extra = (usage_tokens - counted) if usage_tokens is not None and usage_tokens > counted else 0
             yield TokenEvent(text=held.text, n_tokens=held.n_tokens + extra, t=held.t)
