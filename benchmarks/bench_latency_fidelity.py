@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -130,10 +131,10 @@ def main() -> None:
     results: dict[int, dict[str, list[dict]]] = {c: {"qeval": [], "vllm": []} for c in args.concurrency}
     with launch_vllm_server(args.model, served_model_name=args.model, log_dir=args.out,
                             max_model_len=args.input_len + args.output_len + 64,
-                            extra_args=["--no-enable-prefix-caching"]) as server:
+                            extra_args=["--no-enable-prefix-caching"]) as server, \
+            closing(OpenAIServerBackend(server.base_url, model=args.model)) as client:
         base_url = server.base_url
         print(f"server up at {base_url} after {time.perf_counter() - t_all:.0f} s", flush=True)
-        client = OpenAIServerBackend(base_url, model=args.model)
         for rnd in range(args.rounds):
             for c in args.concurrency:
                 order = ("qeval", "vllm") if rnd % 2 == 0 else ("vllm", "qeval")
