@@ -89,8 +89,9 @@ def sent_times(text: str) -> list[float]:
     return [float(x) for x in text.split()]
 
 
-def run_qeval(url: str, n: int, concurrency: int, tokens: int) -> list[list[tuple[float, float]]]:
-    backend = OpenAIServerBackend(url)
+def run_qeval(url: str, n: int, concurrency: int, tokens: int,
+              backend_class: type[OpenAIServerBackend] = OpenAIServerBackend) -> list[list[tuple[float, float]]]:
+    backend = backend_class(url)
     try:
         requests = [GenerationRequest(prompt="x", max_tokens=tokens, ignore_eos=True)] * n
         run = run_load(backend, requests, LoadShape.closed(concurrency))
@@ -114,13 +115,7 @@ class HttpxThreadsBackend(OpenAIServerBackend):
 
 
 def run_httpx_threads(url: str, n: int, concurrency: int, tokens: int) -> list[list[tuple[float, float]]]:
-    backend = HttpxThreadsBackend(url)
-    try:
-        requests = [GenerationRequest(prompt="x", max_tokens=tokens, ignore_eos=True)] * n
-        run = run_load(backend, requests, LoadShape.closed(concurrency))
-    finally:
-        backend.close()
-    return [[(e.t, float(e.text)) for e in r.events] for r in run.records]
+    return run_qeval(url, n, concurrency, tokens, backend_class=HttpxThreadsBackend)
 
 
 def run_vllm(url: str, n: int, concurrency: int, tokens: int) -> list[list[tuple[float, float]]]:
