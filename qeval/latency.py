@@ -23,11 +23,14 @@ serve.py `calculate_metrics`, so our numbers and theirs mean the same thing):
   start of the measured phase (after the warm-up) to the end of its last
   request.
 
-Percentiles p50/p90/p99 carry bootstrap intervals (`stats.percentile_ci`, at
-confidence 1 - 2 alpha: the gate's SLO check reads the upper end as a
-one-sided bound at the gate's alpha). ITL pools every gap of every request;
-gaps of one request are not independent, so its interval resamples whole
-requests (a cluster bootstrap) rather than gaps. Warm-up requests run before
+Percentiles p50/p90/p99 of TTFT, TPOT and E2E carry order-statistic
+intervals (`stats.percentile_ci`, at confidence 1 - 2 alpha: the gate's SLO
+check reads the upper end as a one-sided bound at the gate's alpha). An end
+that the number of requests cannot give is null: p99 needs 299 requests for
+an upper bound at alpha 0.05, and below that the SLO rule says INCONCLUSIVE
+and how many it needs. ITL pools every gap of every request; gaps of one
+request are not independent, so its interval resamples whole requests (a
+cluster bootstrap) rather than gaps. Warm-up requests run before
 each load point, are stored (flagged) and are excluded from every number.
 
 Workload: `num_requests` prompts of exactly `input_tokens` token ids per load
@@ -240,7 +243,7 @@ def summarize_load_point(samples: Sequence[dict], shape: LoadShape, *, warmup_ex
                 est, ci, n = clustered_percentile_ci(values, q, confidence=confidence, n_resamples=n_resamples,
                                                      seed=seed)
             else:
-                p = stats.percentile_ci(flat, q, confidence=confidence, n_resamples=n_resamples, seed=seed)
+                p = stats.percentile_ci(flat, q, confidence=confidence)
                 est, ci, n = p.estimate, p.ci, p.n
             entry[f"p{q:g}"] = {"value_ms": est, "ci_ms": [ci[0], ci[1]]}
             rows.append({"metric": metric, "percentile": q, "value_ms": est, "ci_ms": [ci[0], ci[1]], "n": n,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import os
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,8 @@ from qeval import precisions
 from qeval.backends import BACKENDS
 from qeval.errors import QevalError
 from qeval.gate import GatePolicy
+
+log = logging.getLogger(__name__)
 
 BUILTIN_MODELS = ("smollm2-135m-instruct",)
 DEFAULT_SUITE = "smoke"
@@ -359,7 +362,23 @@ def load_suite(arg: str | Path | None = None) -> tuple[Suite, Path]:
     except ValidationError as err:
         raise validation_error_to_qeval(err, str(path)) from None
     _check_model_source(suite, path)
+    _warn_unreachable_slos(suite, path)
     return suite, path
+
+
+def _warn_unreachable_slos(suite: Suite, path: Path) -> None:
+    """Say at load time, not after the run, when an SLO rule can never PASS for want of requests."""
+    from qeval.stats import samples_for_upper_bound
+
+    if not suite.latency.enabled:
+        return
+    for slo in suite.gate.latency:
+        needed = samples_for_upper_bound(slo.percentile, suite.gate.alpha)
+        if slo.metric != "itl" and suite.latency.num_requests < needed:
+            log.warning("%s: latency.num_requests is %d, but bounding a p%g from above at alpha %g takes at least "
+                        "%d requests: rule %s can only be INCONCLUSIVE. Set latency.num_requests >= %d.",
+                        path, suite.latency.num_requests, slo.percentile, suite.gate.alpha, needed, slo.rule_id,
+                        needed)
 
 
 def _check_model_source(suite: Suite, path: Path) -> None:

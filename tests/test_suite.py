@@ -43,6 +43,18 @@ def test_good_suite_loads(tmp_path: Path) -> None:
     assert suite.model.trust_remote_code is False  # safe default
 
 
+def test_an_slo_too_few_requests_can_bound_is_named_at_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    slo = "gate:\n  latency:\n    - {metric: ttft, percentile: 99, max_ms: 200, concurrency: 4}\n"
+    with caplog.at_level("WARNING", logger="qeval.suite"):
+        load_suite(write(tmp_path, GOOD + slo + "latency: {num_requests: 64}\n"))
+    assert "num_requests is 64" in caplog.text and "at least 299" in caplog.text
+    assert "latency_ttft_p99_c4" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="qeval.suite"):
+        load_suite(write(tmp_path, GOOD + slo + "latency: {num_requests: 299}\n", name="enough.yaml"))
+    assert "num_requests" not in caplog.text
+
+
 # (what to change in GOOD, the field the message must name, words the message must contain)
 MALFORMED = [
     ("limit_string", GOOD.replace("limit: 10", "limit: ten"), "tasks[0].limit", "whole number"),

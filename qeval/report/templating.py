@@ -37,9 +37,10 @@ def fmt_ci(ci: object, digits: int = 2, scale: float = 1.0) -> str:
     if not ci:
         return DASH
     lo, hi = ci  # type: ignore[misc]
-    if not (_finite(lo) and _finite(hi)):
+    if not (_finite(lo) or _finite(hi)):
         return DASH
-    return f"[{fmt_num(lo * scale, digits)}, {fmt_num(hi * scale, digits)}]"
+    # One end missing: too few samples to bound that side (e.g. p99 of 64 requests has no upper bound).
+    return "[" + ", ".join(fmt_num(v * scale, digits) if _finite(v) else DASH for v in (lo, hi)) + "]"
 
 
 def fmt_signed(value: object, digits: int = 2) -> str:
