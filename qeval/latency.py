@@ -303,9 +303,9 @@ def probe(backend: Any, tokenizer: Any, *, concurrency: Sequence[int] = (1, 4), 
         request_rate: Poisson load points (requests/s).
         input_tokens, output_tokens, num_requests, warmup_requests: the workload per load point.
         seed: prompts and Poisson schedules (keep it equal across the cells compared).
-        bootstrap_seed: percentile intervals.
+        bootstrap_seed: ITL percentile intervals (cluster bootstrap; the others use order statistics).
         confidence: two-sided coverage of the intervals.
-        n_resamples: bootstrap resamples.
+        n_resamples: bootstrap resamples (ITL intervals).
         prompts: your own prompts instead of the synthetic ones (warm-up ones first: each load
             point takes the next warmup_requests + num_requests of them, cycling).
         label: progress bar text.
