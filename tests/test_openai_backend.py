@@ -142,6 +142,11 @@ class _PacedStream(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.script == "not-json":
             self._chunk(b"data: {broken\n\n")
+        if self.script == "long":  # one 200 kB chunk, as a server that sends a whole answer at once would
+            event = {"choices": [{"index": 0, "text": "x" * 200_000}]}
+            self._chunk(b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n")
+            self._chunk(b"")
+            return
         for i in range(1 if self.script == "hang" else self.tokens):
             time.sleep(self.gap_s)
             event = {"choices": [{"index": 0, "text": f"{time.perf_counter():.9f} "}]}
@@ -201,6 +206,18 @@ def test_malformed_stream_is_a_clear_error(paced_server: str, script: str, messa
         assert info.value.fix
     finally:
         backend.close()
+
+
+def test_a_long_chunk_is_read_whole(paced_server: str) -> None:
+    from qeval.backends.openai_server import OpenAIServerBackend
+
+    backend = OpenAIServerBackend(paced_server)
+    _PacedStream.script = "long"
+    try:
+        events = list(backend.stream(GenerationRequest(prompt="x", max_tokens=4)))
+    finally:
+        backend.close()
+    assert len(events) == 1 and events[0].text == "x" * 200_000
 
 
 def test_closing_the_backend_ends_a_stream_in_flight(paced_server: str) -> None:
