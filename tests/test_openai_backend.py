@@ -104,7 +104,7 @@ class _PacedStream(http.server.BaseHTTPRequestHandler):
     """Streams completions chunks as SSE, `gap_s` apart, each carrying its own perf_counter() send time.
 
     `script` picks the answer: "ok" (tokens, usage, [DONE]), "not-json", "http-500", "http-401",
-    or "hang" (one token, then silence until the test closes the client).
+    or "hang" (two tokens, then silence until the test closes the client).
     """
 
     protocol_version = "HTTP/1.1"
@@ -147,7 +147,7 @@ class _PacedStream(http.server.BaseHTTPRequestHandler):
             self._chunk(b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n")
             self._chunk(b"")
             return
-        for i in range(1 if self.script == "hang" else self.tokens):
+        for i in range(2 if self.script == "hang" else self.tokens):
             time.sleep(self.gap_s)
             event = {"choices": [{"index": 0, "text": f"{time.perf_counter():.9f} "}]}
             self._chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
@@ -226,7 +226,7 @@ def test_closing_the_backend_ends_a_stream_in_flight(paced_server: str) -> None:
     backend = OpenAIServerBackend(paced_server)
     _PacedStream.script = "hang"
     stream = backend.stream(GenerationRequest(prompt="x", max_tokens=4))
-    first = next(stream)  # held back until the next chunk: arrives only when the stream ends
+    first = next(stream)  # yielded once the second chunk is in (the last one is held for the usage count)
     closer = threading.Timer(0.3, backend.close)
     t0 = time.perf_counter()
     closer.start()
