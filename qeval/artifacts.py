@@ -57,9 +57,11 @@ def _canonical(value: Any) -> Any:
 
 
 def artifact_key(*, kind: str, model_hash: str, precision: str, recipe: Any, calibration_hash: str,
-                 versions: dict[str, str | None], device: str) -> str:
+                 versions: dict[str, str | None], device: str, compute_dtype: str = "bfloat16") -> str:
+    # The compute dtype is part of the key: calibration in fp32 and in bf16 gives different scales.
     payload = {"kind": kind, "model": model_hash, "precision": precision, "recipe": recipe,
-               "calibration": calibration_hash, "versions": versions, "device": device}
+               "calibration": calibration_hash, "versions": versions, "device": device,
+               "compute_dtype": compute_dtype}
     canonical = json.dumps(_canonical(payload), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -60,9 +60,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def finish(run_dir: Path) -> int:
     """Gate and report a run directory; the exit code follows the decisions."""
-    from qeval.report import write_reports
+    import time
 
+    from qeval.report import write_reports
+    from qeval.timings import record_step, summary_lines
+
+    t0 = time.perf_counter()
     outcome = write_reports(run_dir)
+    record_step(run_dir, "report", time.perf_counter() - t0)
+    print("time per step:\n  " + "\n  ".join(summary_lines(run_dir)))
     print(outcome.summary)
     return EXIT_BLOCKED if outcome.any_blocked else EXIT_OK
 

@@ -1,7 +1,7 @@
 """ModelOpt post-training quantization: simulated on CPU, real checkpoints for the engines.
 
 `quantize_simulated` gives the HF backend a fake-quantized model (weights and
-activations rounded to the target format, math in bf16): it measures quality,
+activations rounded to the target format, math in the run's compute dtype): it measures quality,
 never speed, and every output says "simulated quantization (ModelOpt
 fake-quant)". `export_checkpoint` writes ModelOpt's unified HF checkpoint
 (hf_quant_config.json) that vLLM and TensorRT-LLM load: one artifact for both.
@@ -69,7 +69,8 @@ def _key(ctx: Any, precision: str, kind: str) -> str:
     return artifacts.artifact_key(kind=kind, model_hash=ctx.model_hash, precision=precision,
                                   recipe=precisions.modelopt_config(precision),
                                   calibration_hash=calibration_for(ctx).content_hash,
-                                  versions=artifacts.tool_versions(), device=artifacts.device_class())
+                                  versions=artifacts.tool_versions(), device=artifacts.device_class(),
+                                  compute_dtype=ctx.compute.dtype)
 
 
 def quantize_simulated(model: torch.nn.Module, precision: str, ctx: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -121,14 +122,19 @@ def export_checkpoint(ctx: Any, precision: str) -> Path:
     def build(folder: Path) -> dict[str, Any]:
         from qeval.backends.hf import default_device
 
+        from qeval.backends.hf import resolve_dtype
+
         device = default_device()
-        model = load_hf_model(ctx.model_dir, ctx.suite.model.dtype, device=device,
+        # Calibrated in the run's compute dtype (float32 on a CPU that emulates bf16), written in the
+        # baseline's dtype: the engines load the same checkpoint whatever computed the scales.
+        model = load_hf_model(ctx.model_dir, ctx.compute.dtype, device=device,
                               trust_remote_code=ctx.suite.model.trust_remote_code)
         precisions.check_compatible(precision, model.config.to_dict())
         passes = _quantize_in_place(model, precision, calibration_for(ctx))
-        export_hf_checkpoint(model, export_dir=folder)
+        export_hf_checkpoint(model, dtype=resolve_dtype(ctx.suite.model.dtype), export_dir=folder)
         ctx.tokenizer.save_pretrained(folder)
-        return {"precision": precision, "calibration_passes": passes, "device": device}
+        return {"precision": precision, "calibration_passes": passes, "device": device,
+                "compute_dtype": ctx.compute.dtype}
 
     folder, _ = artifacts.get_or_build(key, build, label=f"{precision} checkpoint")
     return folder

@@ -25,6 +25,7 @@ from qeval.errors import QevalError
 from qeval.manifest import build_manifest
 from qeval.store import RunStore, read_manifest, write_json_atomic
 from qeval.suite import Suite, suite_hash
+from qeval.timings import record_step
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,16 @@ class Context:
     baseline_backend: Any = None  # the HF baseline, loaded once: reference of every divergence
     calibration: Any = None  # qeval.calibration.CalibrationSet, loaded on first use
     model_hash: str | None = None
+    _compute: Any = None  # qeval.compute.ComputeChoice, chosen on first use
+
+    @property
+    def compute(self) -> Any:
+        """The compute dtype of this run's reference engines and why (qeval.compute.choose)."""
+        if self._compute is None:
+            from qeval import compute
+
+            self._compute = compute.choose(self.suite.model.compute_dtype, self.suite.model.dtype)
+        return self._compute
 
     def checkpoint_for(self, precision: str) -> Path:
         """The ModelOpt-exported HF checkpoint of a precision (built once, then from the artifact cache):
@@ -185,7 +196,9 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
     if resume:
         check_resume(store, sha)
     # Assets and task names are checked before the run directory exists: bad input leaves nothing behind.
+    t0 = time.perf_counter()
     model_dir, task_manager = prepare_assets(suite, suite_path)
+    prepare_seconds = round(time.perf_counter() - t0, 2)
     weights_hash = model_hash(model_dir)  # a folder without weights is refused here, before the run dir exists
     tokenizer = load_tokenizer(model_dir, suite, suite_path)
     if not resume:
@@ -196,18 +209,21 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
                              f"{exc.strerror or exc})", field="--reports-dir",
                              fix="choose a reports directory you can write to") from None
     cells = plan(suite)
+    ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager)
     if not resume:
         (store.root / "suite.yaml").write_bytes(suite_path.read_bytes())
         write_json_atomic(store.root / "manifest.json", build_manifest(
             run_id=store.root.name, suite_name=suite.name, suite_path=suite_path, suite_hash=sha,
             model_source=suite.model.source, model_hash=weights_hash,
-            seeds=suite.seeds.model_dump(), plan=[c.id for c in cells]))
+            seeds=suite.seeds.model_dump(), plan=[c.id for c in cells], compute=ctx.compute.as_record()))
+    log.info("compute dtype: %s (%s)", ctx.compute.dtype, ctx.compute.reason)
     if only is not None:
         wanted_backends = {c.backend for c in cells if c.id in only}
         cells = [c for c in cells if c.id in only or (c.is_baseline and c.backend in wanted_backends)]
-    ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager)
     for cell in cells:
         run_cell(ctx, cell)
+    # Written once the cells are through: a resume stopped by bad input leaves the run directory as it was.
+    record_step(store.root, "fetch and check assets" if not resume else "check assets (resume)", prepare_seconds)
     return store
 
 
@@ -244,8 +260,10 @@ def _run_cell_locked(ctx: Context, cell: Cell) -> None:
         return
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    steps: dict[str, float] = {}  # load (quantization included), divergence, latency: where the time went
     try:
         with open_backend(ctx, cell) as backend:
+            steps["load"] = round(time.perf_counter() - started, 2)
             lm = QevalLM(backend, ctx.tokenizer, ctx.store.request_cache(cell.id), label=cell.id)
             for task in ctx.suite.tasks:
                 if ctx.store.has_samples(cell.id, task.name):
@@ -257,9 +275,11 @@ def _run_cell_locked(ctx: Context, cell: Cell) -> None:
                 log.info("%s %s: %s (n=%d, %.1fs)", cell.id, task.name,
                          {k: round(v, 4) for k, v in aggregate.items()}, len(records), timings[task.name])
             if ctx.suite.divergence.enabled and not cell.is_baseline:
-                run_divergence(ctx, cell, backend)
+                with _timed(steps, "divergence"):
+                    run_divergence(ctx, cell, backend)
             if ctx.suite.latency.enabled and cell.backend in (ctx.suite.latency.backends or ctx.suite.backends):
-                run_latency(ctx, cell, backend)
+                with _timed(steps, "latency"):
+                    run_latency(ctx, cell, backend)
             capabilities = backend.capabilities
     except QevalError:
         raise  # bad input: the whole run stops with exit code 2 (nothing computed is lost)
@@ -269,9 +289,30 @@ def _run_cell_locked(ctx: Context, cell: Cell) -> None:
                                          "traceback": traceback.format_exc(limit=20)})
         return
     ctx.store.write_status(cell.id, {"state": "ok", "seconds": round(time.perf_counter() - started, 2),
-                                     "task_seconds": timings, "kernels": capabilities.kernels,
+                                     "task_seconds": timings, "step_seconds": steps,
+                                     "kernels": capabilities.kernels,
                                      "run_here": capabilities.run_here, "notes": capabilities.notes,
+                                     "compute": compute_record(ctx, capabilities),
                                      "artifact": ctx.artifacts.get(cell.id)})
+
+
+@contextlib.contextmanager
+def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        steps[name] = round(time.perf_counter() - t0, 2)
+
+
+def compute_record(ctx: Context, capabilities: Any) -> dict[str, Any] | None:
+    """What a cell computed in (read from its engine) and why (the run's choice, where it applies)."""
+    dtype = capabilities.compute_dtype
+    if dtype is None:
+        return None
+    choice = ctx.compute
+    reason = choice.reason if dtype == choice.dtype else f"{dtype}, as this engine loads the cell's checkpoint"
+    return {"dtype": dtype, "requested": choice.requested, "reason": reason}
 
 
 def run_divergence(ctx: Context, cell: Cell, backend: Any) -> None:
@@ -303,7 +344,7 @@ def baseline_hf_backend(ctx: Context) -> Any:
     from qeval.backends.hf import HFBackend, load_hf_model
 
     if ctx.baseline_backend is None:
-        model = load_hf_model(ctx.model_dir, ctx.suite.model.dtype, trust_remote_code=ctx.suite.model.trust_remote_code)
+        model = load_hf_model(ctx.model_dir, ctx.compute.dtype, trust_remote_code=ctx.suite.model.trust_remote_code)
         ctx.baseline_backend = HFBackend(model, ctx.tokenizer, precision=ctx.suite.baseline,
                                          max_length=ctx.suite.model.max_length)
     return ctx.baseline_backend
@@ -324,7 +365,7 @@ def build_backend(ctx: Context, cell: Cell) -> Any:
 
     suite = ctx.suite
     if cell.backend == "hf":
-        model = load_hf_model(ctx.model_dir, suite.model.dtype, trust_remote_code=suite.model.trust_remote_code)
+        model = load_hf_model(ctx.model_dir, ctx.compute.dtype, trust_remote_code=suite.model.trust_remote_code)
         if cell.is_baseline:
             return HFBackend(model, ctx.tokenizer, precision=cell.precision, max_length=suite.model.max_length)
         from qeval.quantize import quantize_simulated

@@ -86,9 +86,17 @@ def port_in_use(port: int, host: str = LOOPBACK) -> bool:
     return False
 
 
-def vllm_command(model_path: str | Path, *, port: int, served_model_name: str, dtype: str = "bfloat16",
+def vllm_command(model_path: str | Path, *, port: int, served_model_name: str, dtype: str = "auto",
                  max_model_len: int = 2048, seed: int = 0, extra_args: Sequence[str] = ()) -> list[str]:
-    """The `vllm serve` command line, run by this interpreter (the same environment; see qeval.vllm_cli)."""
+    """The `vllm serve` command line, run by this interpreter (the same environment; see qeval.vllm_cli).
+
+    `dtype` "auto" is qeval's choice for this machine (qeval.compute: float32 where the CPU emulates bf16),
+    resolved here: vLLM's own `--dtype auto` means something else (the checkpoint's dtype).
+    """
+    if dtype == "auto":
+        from qeval import compute
+
+        dtype = compute.choose("auto", "bfloat16").dtype
     return [sys.executable, "-m", "qeval.vllm_cli", "serve", str(model_path), "--host", LOOPBACK, "--port", str(port),
             "--served-model-name", served_model_name, "--dtype", dtype, "--max-model-len", str(max_model_len),
             "--seed", str(seed), "--disable-uvicorn-access-log", *extra_args]
@@ -118,7 +126,7 @@ def wait_healthy(server: Server, timeout_s: float, *, headers: dict[str, str] | 
 
 
 def start_vllm_server(model_path: str | Path, *, port: int | None = None, served_model_name: str = "qeval",
-                      dtype: str = "bfloat16", max_model_len: int = 2048, seed: int = 0,
+                      dtype: str = "auto", max_model_len: int = 2048, seed: int = 0,
                       extra_args: Sequence[str] = (), timeout_s: float = 900.0,
                       log_dir: str | Path | None = None, env: dict[str, str] | None = None) -> Server:
     """Start `vllm serve` on 127.0.0.1 and return once it answers.

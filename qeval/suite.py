@@ -55,7 +55,11 @@ class ModelSpec(_Strict):
 
     source: str = Field("smollm2-135m-instruct", description="a built-in offline model name "
                         f"({', '.join(BUILTIN_MODELS)}) or the path of a local Hugging Face folder")
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="the baseline's weights dtype")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="what the hf reference, its simulated quantization and vLLM compute in: auto = the "
+        "weights dtype where the device runs it natively, else float32 from the same weights (a CPU without "
+        "AVX512-BF16/AMX emulates bf16 several times slower); the choice is recorded per cell")
     # Strict: only a YAML true turns it on; a quoted 'yes' or a 1 is refused, not coerced (it runs foreign code).
     trust_remote_code: bool = Field(False, strict=True,
                                     description="run the model folder's own Python code; off unless you trust it")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from qeval import artifacts
+from qeval import artifacts, compute
 from qeval.backends.hf import HFBackend, load_hf_model
 from qeval.calibration import load_calibration
 from qeval.errors import QevalError
@@ -26,6 +26,7 @@ class _Ctx:
     calibration: Any = None
     model_hash: str | None = None
     artifacts: dict = field(default_factory=dict)
+    compute: Any = field(default_factory=compute.choose)  # what a run's Context chooses on this machine
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,12 @@ def test_calibration_is_deterministic_and_disjoint(qeval_task_pack: Path, qeval_
 
 def test_cache_key_changes_with_every_input() -> None:
     base = dict(kind="k", model_hash="m", precision="fp8", recipe={"quant_cfg": [{"num_bits": 8}]},
-                calibration_hash="c", versions={"torch": "2.13"}, device="cpu")
+                calibration_hash="c", versions={"torch": "2.13"}, device="cpu", compute_dtype="float32")
     key = artifacts.artifact_key(**base)
     assert artifacts.artifact_key(**dict(base)) == key
     for name, other in [("model_hash", "m2"), ("precision", "int8_wo"), ("recipe", {"quant_cfg": [{"num_bits": 4}]}),
                         ("calibration_hash", "c2"), ("versions", {"torch": "2.14"}), ("device", "NVIDIA H100"),
-                        ("kind", "k2")]:
+                        ("kind", "k2"), ("compute_dtype", "bfloat16")]:
         assert artifacts.artifact_key(**{**base, name: other}) != key, name
 
 

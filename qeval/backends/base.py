@@ -24,6 +24,8 @@ class Capabilities:
         run_here: False where the engine could not be run on this machine
             (TensorRT-LLM: "not run here").
         notes: free text shown in reports.
+        compute_dtype: the dtype the engine computes in, read from the loaded engine itself
+            (None where qeval cannot know it, e.g. a server someone else started).
     """
 
     backend: str
@@ -31,6 +33,7 @@ class Capabilities:
     kernels: dict[str, str] = field(default_factory=dict)
     run_here: bool = True
     notes: str = ""
+    compute_dtype: str | None = None
 
 
 @dataclass(frozen=True)

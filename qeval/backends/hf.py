@@ -38,20 +38,30 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_hf_model(model_dir: str | Path, dtype: str = "bfloat16", device: str | None = None,
+def load_hf_model(model_dir: str | Path, dtype: str = "auto", device: str | None = None,
                   trust_remote_code: bool = False) -> torch.nn.Module:
-    """Load a causal LM from a local folder (on `default_device()` unless told); never reaches for a hub."""
+    """Load a causal LM from a local folder (on `default_device()` unless told); never reaches for a hub.
+
+    Args:
+        dtype: the compute dtype; "auto" lets `qeval.compute.choose` pick it for the device from bf16
+            weights (float32 on a CPU that emulates bf16).
+    """
     from transformers import AutoModelForCausalLM
+
+    from qeval import compute
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise QevalError(f"{model_dir} is not a Hugging Face model folder (no config.json)",
                          field="model.path", fix="point model.path at a folder saved with save_pretrained, "
                          "or use the built-in 'smollm2-135m-instruct'")
+    device = device or default_device()
+    if dtype == "auto":
+        dtype = compute.choose("auto", "bfloat16", device="cuda" if device.startswith("cuda") else "cpu").dtype
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=resolve_dtype(dtype),
                                                  trust_remote_code=trust_remote_code,
                                                  local_files_only=True)
-    return model.to(device or default_device()).eval()
+    return model.to(device).eval()
 
 
 def truncate_at_stop(text: str, stop: tuple[str, ...]) -> str:
@@ -83,6 +93,7 @@ class HFBackend:
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype  # kept: close() drops the model, the record still needs it
         self.eos_token_id = eos_token_id if eos_token_id is not None else model.config.eos_token_id
 
     @property
@@ -90,7 +101,8 @@ class HFBackend:
         kind = "simulated" if self.simulated else "real"
         return Capabilities(backend="hf", precisions=(self.precision,), kernels={self.precision: kind},
                             notes="transformers reference; quantized precisions are ModelOpt fake-quant"
-                            if self.simulated else "transformers reference")
+                            if self.simulated else "transformers reference",
+                            compute_dtype=str(self.dtype).removeprefix("torch."))
 
     @torch.inference_mode()
     def _forward_logprobs(self, inputs: list[list[int]]) -> list[torch.Tensor]:

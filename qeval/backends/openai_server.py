@@ -70,6 +70,7 @@ class OpenAIServerBackend:
         api_key: bearer token for remote endpoints (read from the environment by `from_cell`).
         server: the server process qeval started for this backend, stopped by `close()`.
         kernels: "real" or "simulated", as the capability record should say.
+        compute_dtype: the dtype the server computes in, where qeval started it.
     """
 
     name = "openai"
@@ -77,7 +78,8 @@ class OpenAIServerBackend:
     def __init__(self, base_url: str, *, model: str | None = None, precision: str = "bf16",
                  api_key: str | None = None, server: Server | None = None, max_length: int = 2048,
                  request_timeout_s: float = 600.0, kernels: str = "real", seed: int = 0,
-                 note: str = "") -> None:
+                 note: str = "", compute_dtype: str | None = None) -> None:
+        self.compute_dtype = compute_dtype  # the --dtype qeval gave `vllm serve`; unknown for others' servers
         self.base_url = base_url.rstrip("/")
         self.precision = precision
         self.server = server
@@ -119,14 +121,14 @@ class OpenAIServerBackend:
                        max_length=suite.model.max_length, request_timeout_s=spec.request_timeout_s,
                        seed=suite.seeds.sampling)
         path, load, note = vllm_load_plan(ctx, cell, engine="`vllm serve`")
-        server = start_vllm_server(path, port=spec.port, served_model_name=SERVED_NAME, dtype=suite.model.dtype,
+        server = start_vllm_server(path, port=spec.port, served_model_name=SERVED_NAME, dtype=ctx.compute.dtype,
                                    max_model_len=suite.model.max_length, seed=suite.seeds.sampling,
                                    extra_args=[*vllm_serve_args(load), *spec.extra_args],
                                    timeout_s=spec.startup_timeout_s, log_dir=ctx.store.root / "servers")
         kernels = "real" if entry.is_baseline else precisions.kernel_kind(entry, "vllm", precisions.current_arch())
         return cls(server.base_url, model=SERVED_NAME, precision=cell.precision, server=server,
                    max_length=suite.model.max_length, request_timeout_s=spec.request_timeout_s,
-                   seed=suite.seeds.sampling, kernels=kernels, note=note)
+                   seed=suite.seeds.sampling, kernels=kernels, note=note, compute_dtype=ctx.compute.dtype)
 
     def close(self) -> None:
         self._client.close()
@@ -141,7 +143,8 @@ class OpenAIServerBackend:
         where = (f"`vllm serve` started by qeval at {self.base_url}" if self.server is not None
                  else f"OpenAI-compatible endpoint {self.base_url}")
         return Capabilities(backend="openai", precisions=(self.precision,), kernels={self.precision: self.kernels},
-                            notes=f"{where}, model {self.model!r}" + (f"; {self.note}" if self.note else ""))
+                            notes=f"{where}, model {self.model!r}" + (f"; {self.note}" if self.note else ""),
+                            compute_dtype=self.compute_dtype)
 
     # -- HTTP -------------------------------------------------------------------------------
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:

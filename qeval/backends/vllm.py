@@ -114,7 +114,8 @@ class VLLMBackend:
         model_path: a Hugging Face folder (the baseline) or ModelOpt's exported checkpoint.
         precision: the precision name this engine runs.
         load_kwargs: extra `vllm.LLM` arguments from the precision registry (quantization=...).
-        dtype: activation dtype.
+        dtype: compute dtype; "auto" lets `qeval.compute.choose` pick it for this device from bf16
+            weights (float32 on a CPU that emulates bf16).
         max_model_len: context length (also bounds scoring requests).
         trust_remote_code: passed through; off unless the suite asks.
     """
@@ -122,7 +123,7 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, model_path: str | Path, *, precision: str = "bf16", load_kwargs: dict[str, Any] | None = None,
-                 dtype: str = "bfloat16", max_model_len: int = 2048, trust_remote_code: bool = False,
+                 dtype: str = "auto", max_model_len: int = 2048, trust_remote_code: bool = False,
                  seed: int = 0, note: str = "") -> None:
         try:
             import vllm
@@ -136,11 +137,17 @@ class VLLMBackend:
         self.max_length = max_model_len
         self.load_kwargs = dict(load_kwargs or {})
         self._vllm = vllm
+        if dtype == "auto":
+            from qeval import compute
+
+            dtype = compute.choose("auto", "bfloat16", device="cpu" if _on_cpu() else "cuda").dtype
         if not _on_cpu() and "gpu_memory_utilization" not in self.load_kwargs:
             self.load_kwargs["gpu_memory_utilization"] = _free_gpu_fraction()
         self.llm = vllm.LLM(model=str(model_path), tokenizer=str(model_path), dtype=dtype,
                             max_model_len=max_model_len, trust_remote_code=trust_remote_code, seed=seed,
                             **{"enforce_eager": _on_cpu(), **self.load_kwargs})
+        # What the engine really computes in (vLLM may cast what it was asked for).
+        self.compute_dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
         # In-process streaming state (see `stream`): one driver thread steps the engine for every
         # stream; `_engine_lock` keeps it and the batch calls from stepping the engine at the same time.
         self._engine_lock = threading.Lock()
@@ -154,7 +161,7 @@ class VLLMBackend:
     @classmethod
     def from_cell(cls, ctx: Any, cell: Any) -> "VLLMBackend":
         path, kwargs, note = vllm_load_plan(ctx, cell)
-        return cls(path, precision=cell.precision, load_kwargs=kwargs, dtype=ctx.suite.model.dtype,
+        return cls(path, precision=cell.precision, load_kwargs=kwargs, dtype=ctx.compute.dtype,
                    max_model_len=ctx.suite.model.max_length, trust_remote_code=ctx.suite.model.trust_remote_code,
                    seed=ctx.suite.seeds.sampling, note=note)
 
@@ -164,7 +171,7 @@ class VLLMBackend:
             self.precision, "vllm", precisions.current_arch())
         notes = f"vLLM {self._vllm.__version__} in process" + (" (CPU build)" if _on_cpu() else "")
         return Capabilities(backend="vllm", precisions=(self.precision,), kernels={self.precision: kind},
-                            notes="; ".join(x for x in (notes, self.note) if x))
+                            notes="; ".join(x for x in (notes, self.note) if x), compute_dtype=self.compute_dtype)
 
     def _prompt(self, ids: tuple[int, ...] | list[int]) -> Any:
         from vllm.inputs import TokensPrompt

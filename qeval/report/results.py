@@ -235,6 +235,8 @@ def build_results(run_dir: Path) -> dict[str, Any]:
             "latency": run.latency.get(cell.id),
             "artifact": (status or {}).get("artifact"),
             "notes": (status or {}).get("notes") or "",
+            "compute": (status or {}).get("compute"),
+            "task_seconds": (status or {}).get("task_seconds"),
         })
     out_decisions = [_decision_item(run, samples, d) for d in decisions]
     # Records read from the run (divergence, latency, manifest) may hold NaN: strict JSON has none.
