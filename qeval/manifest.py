@@ -68,7 +68,8 @@ def qeval_commit() -> str | None:
 
 def build_manifest(*, run_id: str, suite_name: str, suite_path: Path, suite_hash: str, model_source: str,
                    model_hash: str, seeds: dict[str, int], plan: list[str],
-                   compute: dict[str, Any] | None = None) -> dict[str, Any]:
+                   compute: dict[str, Any] | None = None, sampling: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
     return {
         "schema": "qeval.manifest/1",
         "run_id": run_id,
@@ -81,4 +82,5 @@ def build_manifest(*, run_id: str, suite_name: str, suite_path: Path, suite_hash
         "qeval_commit": qeval_commit(),
         "hardware": hardware(),
         "compute": compute,  # the dtype the reference engines compute in, and why (qeval.compute)
+        "sampling": sampling,  # the design: mode, order, seed, looks, budgets, each task's plan (qeval.sampling)
     }

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
 
+from qeval import looks, sampling
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
 from qeval.store import RunStore, read_manifest, write_json_atomic
@@ -69,6 +70,28 @@ class Context:
     calibration: Any = None  # qeval.calibration.CalibrationSet, loaded on first use
     model_hash: str | None = None
     _compute: Any = None  # qeval.compute.ComputeChoice, chosen on first use
+    task_plans: dict[str, Any] = field(default_factory=dict)  # task -> qeval.sampling.TaskPlan
+    semantics: dict[str, Any] = field(default_factory=dict)  # task -> qeval.evaluate.MetricSemantics
+    budget: Any = None  # qeval.sampling.Budget shared by every cell
+    baselines: dict[str, Any] = field(default_factory=dict)  # backend -> open baseline QevalLM (extended on demand)
+    engine_share: float = 0.9  # the GPU memory an engine may take (two share it in adaptive designs)
+
+    def baseline_lm(self, backend: str) -> Any:
+        """The baseline on `backend`, opened on first use and kept open while that backend's candidates may
+        extend it (on hf it is also the reference of every divergence comparison)."""
+        from qeval.harness import QevalLM
+
+        if backend not in self.baselines:
+            cell = Cell(self.suite.baseline, backend, True)
+            engine = baseline_hf_backend(self) if backend == "hf" else build_backend(self, cell)
+            self.baselines[backend] = QevalLM(engine, self.tokenizer, self.store.request_cache(cell.id),
+                                              label=cell.id)
+        return self.baselines[backend]
+
+    def close_baseline(self, backend: str) -> None:
+        lm = self.baselines.pop(backend, None)
+        if lm is not None and backend != "hf":  # the hf baseline stays: divergence compares with it
+            lm.engine.close()
 
     @property
     def compute(self) -> Any:
@@ -210,21 +233,56 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
                              fix="choose a reports directory you can write to") from None
     cells = plan(suite)
     ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager)
-    if not resume:
+    ctx.task_plans, ctx.semantics = looks.plan_tasks(suite, task_manager, file=str(suite_path))
+    design = looks.design_record(suite, ctx.task_plans)
+    if resume:
+        check_design(store, design)
+    else:
         (store.root / "suite.yaml").write_bytes(suite_path.read_bytes())
         write_json_atomic(store.root / "manifest.json", build_manifest(
             run_id=store.root.name, suite_name=suite.name, suite_path=suite_path, suite_hash=sha,
             model_source=suite.model.source, model_hash=weights_hash,
-            seeds=suite.seeds.model_dump(), plan=[c.id for c in cells], compute=ctx.compute.as_record()))
+            seeds=suite.seeds.model_dump(), plan=[c.id for c in cells], compute=ctx.compute.as_record(),
+            sampling=design))
     log.info("compute dtype: %s (%s)", ctx.compute.dtype, ctx.compute.reason)
+    ctx.budget = sampling.Budget(None if suite.sampling.max_items_total is None
+                                 else suite.sampling.max_items_total - items_evaluated(store))
+    if suite.sampling.mode != "fixed":
+        ctx.engine_share = 0.45  # a candidate engine and the baseline it extends share one GPU
     if only is not None:
         wanted_backends = {c.backend for c in cells if c.id in only}
         cells = [c for c in cells if c.id in only or (c.is_baseline and c.backend in wanted_backends)]
-    for cell in cells:
-        run_cell(ctx, cell)
+    try:
+        for backend in suite.backends:  # the baseline first, then its candidates, one backend at a time
+            for cell in (c for c in cells if c.backend == backend):
+                run_cell(ctx, cell)
+                if cell.is_baseline and suite.sampling.mode == "fixed":
+                    ctx.close_baseline(backend)  # fixed: no candidate extends it, free the engine
+            ctx.close_baseline(backend)
+    finally:
+        for backend in list(ctx.baselines):
+            ctx.close_baseline(backend)
     # Written once the cells are through: a resume stopped by bad input leaves the run directory as it was.
     record_step(store.root, "fetch and check assets" if not resume else "check assets (resume)", prepare_seconds)
     return store
+
+
+def items_evaluated(store: RunStore) -> int:
+    """Documents already evaluated in a run directory, every cell and task (the total budget counts them)."""
+    return sum(len(store.read_samples(cell, task)) for cell in store.cells() for task in store.tasks(cell))
+
+
+def check_design(store: RunStore, design: dict[str, Any]) -> None:
+    """A resume continues the design its run started with; anything else would mix two designs in one run."""
+    recorded = read_manifest(store.root).get("sampling")
+    if recorded is None:
+        return  # a run directory from before the sampling design: fixed, first N (nothing to compare)
+    changed = [k for k in sorted(set(recorded) | set(design)) if recorded.get(k) != design.get(k)]
+    if changed:
+        raise QevalError(f"the sampling design differs from the one {store.root} was started with "
+                         f"({', '.join(changed)}); resuming would mix two designs in one run",
+                         file=str(store.root / "manifest.json"), field="sampling",
+                         fix="resume with the suite and task data the run started with, or start a new run")
 
 
 def cell_done(ctx: Context, cell: Cell) -> bool:
@@ -250,7 +308,7 @@ def run_cell(ctx: Context, cell: Cell) -> None:
 
 
 def _run_cell_locked(ctx: Context, cell: Cell) -> None:
-    from qeval.evaluate import run_task
+    from qeval import looks
     from qeval.harness import QevalLM
     from qeval.latency import run_latency
 
@@ -262,21 +320,19 @@ def _run_cell_locked(ctx: Context, cell: Cell) -> None:
     timings: dict[str, float] = {}
     steps: dict[str, float] = {}  # load (quantization included), divergence, latency: where the time went
     try:
-        with open_backend(ctx, cell) as backend:
+        with (contextlib.nullcontext(ctx.baseline_lm(cell.backend).engine) if cell.is_baseline
+              else open_backend(ctx, cell)) as backend:
             steps["load"] = round(time.perf_counter() - started, 2)
-            lm = QevalLM(backend, ctx.tokenizer, ctx.store.request_cache(cell.id), label=cell.id)
-            for task in ctx.suite.tasks:
-                if ctx.store.has_samples(cell.id, task.name):
-                    continue
-                t0 = time.perf_counter()
-                records, aggregate = run_task(lm, task, ctx.task_manager, ctx.suite.seeds)
-                ctx.store.write_samples(cell.id, task.name, records)
-                timings[task.name] = round(time.perf_counter() - t0, 2)
-                log.info("%s %s: %s (n=%d, %.1fs)", cell.id, task.name,
-                         {k: round(v, 4) for k, v in aggregate.items()}, len(records), timings[task.name])
-            if ctx.suite.divergence.enabled and not cell.is_baseline:
-                with _timed(steps, "divergence"):
-                    run_divergence(ctx, cell, backend)
+            if cell.is_baseline:
+                looks.run_baseline(ctx, cell, ctx.baseline_lm(cell.backend), timings)
+            else:
+                # Divergence first: a candidate whose KL already FAILs is BLOCKed, so in an adaptive design
+                # its tasks stop after their first look.
+                if ctx.suite.divergence.enabled:
+                    with _timed(steps, "divergence"):
+                        run_divergence(ctx, cell, backend)
+                lm = QevalLM(backend, ctx.tokenizer, ctx.store.request_cache(cell.id), label=cell.id)
+                looks.run_candidate(ctx, cell, lm, timings)
             if ctx.suite.latency.enabled and cell.backend in (ctx.suite.latency.backends or ctx.suite.backends):
                 with _timed(steps, "latency"):
                     run_latency(ctx, cell, backend)

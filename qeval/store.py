@@ -12,7 +12,8 @@ Layout of a run directory::
     <run>/suite.yaml              the suite as it was run
     <run>/cells/<cell>/status.json          ok | error, with the cause
     <run>/cells/<cell>/requests.jsonl       engine responses (the resume cache)
-    <run>/cells/<cell>/samples/<task>.jsonl per-sample records
+    <run>/cells/<cell>/samples/<task>.jsonl per-sample records, in evaluation order
+    <run>/cells/<cell>/progress.json        each task's plan (documents, looks) and where it stands
     <run>/cells/<cell>/divergence.jsonl     token-level comparison with the baseline
 """
 
@@ -160,6 +161,14 @@ class RunStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+    def merge_samples(self, cell: str, task: str, records: list[dict]) -> None:
+        """Add one look's records to a task's file (rewritten whole, atomically): a record for a doc_id
+        already there replaces it, so a look repeated after a crash never counts twice."""
+        new = {r["doc_id"]: r for r in records}
+        kept = [r for r in self.read_samples(cell, task) if r["doc_id"] not in new]
+        merged = sorted(kept + list(new.values()), key=lambda r: (r.get("order", r["doc_id"]), r["doc_id"]))
+        self.write_samples(cell, task, merged)
 
     def read_samples(self, cell: str, task: str) -> list[dict]:
         return read_jsonl(self.samples_path(cell, task))

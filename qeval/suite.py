@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, ValidationInfo,
-                      field_validator)
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 
 from qeval import precisions
 from qeval.backends import BACKENDS
@@ -67,12 +67,73 @@ class ModelSpec(_Strict):
 
 
 class TaskSpec(_Strict):
-    """One lm-eval task and how much of it to run."""
+    """One lm-eval task, how much of it to run, and what its metric means."""
 
     name: str = Field(description="an lm-eval task name, e.g. bigbench_mc_physics (offline pack) or arc_easy")
-    limit: PositiveInt | None = Field(None, description="first N documents (None: all)")
+    limit: PositiveInt | None = Field(None, description="the most documents to evaluate (None: all), drawn in the "
+                                      "sampling design's seeded random order")
     num_fewshot: NonNegativeInt = 0
     metric: str = Field("acc", description="the per-sample metric the gate compares (acc, acc_norm, exact_match ...)")
+    higher_is_better: bool | None = Field(None, description="the metric's direction; default: what lm-eval's task "
+                                          "config declares for it")
+    points_per_unit: PositiveFloat | None = Field(None, description="points in one unit of the metric, for margins "
+                                                  "in points: 100 for 0-1 metrics (acc), 1 for metrics already in "
+                                                  "points (BLEU 0-100) or unbounded ones; default: known lm-eval "
+                                                  "metrics, else read off the scores")
+    score_range: tuple[float, float] | None = Field(None, description="(low, high) every per-sample score lies in; "
+                                                    "anytime sampling needs it for metrics other than 0-1 ones")
+    cluster: str | None = Field(None, description="a field of the task's documents that groups items (a passage, a "
+                                "BIG-bench subtask, an MMLU subject): clustered standard errors use it")
+
+    @field_validator("score_range")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[1] > value[0]:
+            raise FieldProblem(f"score_range {list(value)} is empty", "give [low, high] with high > low, e.g. [0, 1]")
+        return value
+
+
+class SamplingSpec(_Strict):
+    """How many documents each task evaluates, in which order and looks, and when it stops."""
+
+    mode: Literal["fixed", "group-sequential", "anytime"] = Field(
+        "fixed", description="fixed: every planned document, one look; group-sequential: `looks` planned looks "
+        "with Lan-DeMets alpha spending, a task stops once settled; anytime: looks of `look_size` until settled or "
+        "out of budget, valid however long the run goes (betting confidence sequence)")
+    looks: PositiveInt | list[PositiveInt] = Field(5, description="group-sequential: number of equally spaced "
+                                                   "looks up to the planned n, or the cumulative n of each look")
+    spending: Literal["obrien-fleming", "pocock"] = Field("obrien-fleming", description="group-sequential "
+                                                          "alpha spending")
+    look_size: PositiveInt = Field(32, description="anytime: documents per look")
+    order: Literal["shuffled", "first"] = Field("shuffled", description="shuffled: a seeded random permutation of "
+                                                "each task's documents (datasets are often sorted); first: lm-eval's "
+                                                "first N")
+    seed: int | None = Field(None, description="the permutation's seed (default: seeds.sampling)")
+    max_items_per_task: PositiveInt | None = Field(None, description="budget: the most documents any task of any "
+                                                   "cell evaluates (caps limit)")
+    max_items_total: PositiveInt | None = Field(None, description="budget: the most documents this run evaluates, "
+                                                "all cells and tasks together")
+
+    @field_validator("looks")
+    @classmethod
+    def _increasing(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, list) and (not value or any(b <= a for a, b in zip(value, value[1:]))):
+            raise FieldProblem(f"looks {value} must be a non-empty, strictly increasing list of sizes",
+                               "e.g. [50, 100, 200], or a number of equal looks such as 5")
+        return value
+
+    @model_validator(mode="after")
+    def _budget_covers_a_look(self) -> "SamplingSpec":
+        first = self.look_size if self.mode == "anytime" else (
+            self.looks[0] if isinstance(self.looks, list) and self.mode == "group-sequential" else 1)
+        for name in ("max_items_per_task", "max_items_total"):
+            cap = getattr(self, name)
+            if cap is not None and cap < first:
+                raise ValueError(f"{name} {cap} is below one look ({first} documents): no task could run")
+            if cap is not None and self.mode == "group-sequential" and isinstance(self.looks, int) \
+                    and name == "max_items_per_task" and cap < self.looks:
+                raise ValueError(f"max_items_per_task {cap} is below one document per look ({self.looks} looks)")
+        return self
 
 
 class LatencySpec(_Strict):
@@ -156,6 +217,7 @@ class Suite(_Strict):
         "candidates that vLLM (vllm and openai backends) quantizes itself at load time from the bf16 model "
         "(e.g. fp8 -> quantization='fp8') instead of loading ModelOpt's checkpoint"))
     seeds: Seeds = Field(default_factory=Seeds)
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
 
     @field_validator("baseline")
     @classmethod

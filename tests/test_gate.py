@@ -30,10 +30,10 @@ def test_policy_parses_a_suite_gate_section() -> None:
     pol = G.GatePolicy.model_validate({
         "margin": 1.0, "task_margins": {"gsm8k": 2.0}, "correction": "bh", "max_kld_mean": 0.05,
         "max_flip_rate": 0.1, "latency": [{"metric": "ttft", "percentile": 99, "max_ms": 200, "concurrency": 16}],
-        "agree_backends": ["vllm", "trtllm"], "policy": "trtllm", "sequential": True,
+        "agree_backends": ["vllm", "trtllm"], "policy": "trtllm",
     })
     assert pol.margin_for("gsm8k") == 2.0 and pol.margin_for("mmlu") == 1.0
-    assert pol.sequential.enabled and pol.sequential.looks == 10
+    assert G.GatePolicy().correction == "bonferroni"
     assert pol.latency[0].rule_id == "latency_ttft_p99_c16"
     assert G.LatencySLO(metric="e2e", percentile=99.9, max_ms=5000, request_rate=2.5).rule_id == \
         "latency_e2e_p99_9_r2_5"
@@ -42,11 +42,16 @@ def test_policy_parses_a_suite_gate_section() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"margn": 1.0}, {"margin": -1}, {"margin_kind": "relative", "margin": 1.5},
-                                 {"correction": "bonferroni"}, {"latency": [{"metric": "ttft", "max_ms": 1,
+                                 {"correction": "sidak"}, {"latency": [{"metric": "ttft", "max_ms": 1,
                                                                              "p": 99}]}])
 def test_policy_rejects_unknown_or_invalid_fields(bad: dict) -> None:
     with pytest.raises(ValidationError):
         G.GatePolicy.model_validate(bad)
+
+
+def test_the_old_sequential_field_says_where_it_went() -> None:
+    with pytest.raises(ValidationError, match="sampling: {mode: group-sequential"):
+        G.GatePolicy.model_validate({"sequential": True})
 
 
 # ---------------------------------------------------------------- task rules and messages
@@ -105,19 +110,51 @@ def _p_near(target: float, n: int = 4000) -> tuple[int, int]:
     return best[0], 100
 
 
-def test_correction_changes_decisions_as_expected() -> None:
+def test_no_correction_across_the_tasks_of_one_cell() -> None:
+    # Eight tasks with p ~0.02 in one cell: SHIP needs all eight to pass, which is an intersection-union
+    # test at the cell's level: no correction across its tasks (Berger 1982), whatever the correction is.
     n10, n01 = _p_near(0.02)
     evidence = [task(f"task_{i}", "fp8", "vllm", n10, n01, 4000, seed=i) for i in range(8)]
-    none = one(G.decide(G.GatePolicy(correction="none"), evidence), "fp8", "vllm")
-    holm = one(G.decide(G.GatePolicy(correction="holm"), evidence), "fp8", "vllm")
-    bh = one(G.decide(G.GatePolicy(correction="bh"), evidence), "fp8", "vllm")
-    # Eight p-values ~0.02: each passes alone; Holm needs 0.05/8 for the first; BH keeps all (all <= 0.05).
-    assert none.verdict == "SHIP" and bh.verdict == "SHIP"
-    assert holm.verdict == "INCONCLUSIVE"
-    assert all(t.adjusted_pvalue == pytest.approx(min(1, 8 * t.pvalue)) for t in holm.tasks)
-    assert holm.family_size == 8
-    msg = holm.rule("task_0").message
-    assert "Holm-adjusted p=" in msg and "passes unadjusted but not after Holm correction" in msg
+    for correction in ("bonferroni", "holm", "bh", "none"):
+        d = one(G.decide(G.GatePolicy(correction=correction), evidence), "fp8", "vllm")
+        assert d.verdict == "SHIP" and d.family_size == 1 and d.level == 0.05, correction
+
+
+def test_correction_acts_across_cells() -> None:
+    n10, n01 = _p_near(0.02)
+    evidence = [task("mmlu", f"p{i}", "vllm", n10, n01, 4000, seed=i) for i in range(8)]
+    verdicts = {c: {d.verdict for d in G.decide(G.GatePolicy(correction=c), evidence)}
+                for c in ("bonferroni", "holm", "bh", "none")}
+    # Eight cells with p ~0.02: each passes alone; Bonferroni and Holm need 0.05/8 for the first; BH keeps all.
+    assert verdicts == {"bonferroni": {"INCONCLUSIVE"}, "holm": {"INCONCLUSIVE"}, "bh": {"SHIP"}, "none": {"SHIP"}}
+    d = one(G.decide(G.GatePolicy(correction="bonferroni"), evidence), "p0", "vllm")
+    assert d.family_size == 8 and d.level == pytest.approx(0.05 / 8)
+    assert d.tasks[0].adjusted_pvalue == pytest.approx(min(1, 8 * d.tasks[0].pvalue))
+    msg = d.rule("mmlu").message
+    assert "Bonferroni-adjusted p=" in msg and "passes unadjusted but not at the cell's level" in msg
+
+
+def test_a_cells_verdict_does_not_depend_on_other_cells_results() -> None:
+    # The family is the plan: with Bonferroni a cell's verdict is the same whichever other cells have run.
+    planned = G.Family.of([(c, "vllm") for c in ("fp8", "int8", "nvfp4")], "bonferroni", 0.05)
+    fp8 = task("mmlu", "fp8", "vllm", 20, 20, 4096)
+    others = [task("mmlu", "int8", "vllm", 60, 20, 4096), task("mmlu", "nvfp4", "vllm", 300, 40, 4096)]
+    alone = one(G.decide(G.GatePolicy(), fp8, family=planned), "fp8", "vllm")
+    together = one(G.decide(G.GatePolicy(), [fp8, *others], family=planned), "fp8", "vllm")
+    assert alone.verdict == together.verdict == "SHIP"
+    assert alone.level == together.level == pytest.approx(0.05 / 3)
+    assert [r.message for r in alone.rules] == [r.message for r in together.rules]
+
+
+def test_holm_counts_a_planned_cell_without_results_as_not_rejected() -> None:
+    n10, n01 = _p_near(0.035)
+    planned = G.Family.of([("a", "vllm"), ("b", "vllm")], "holm", 0.05)
+    a, b = task("mmlu", "a", "vllm", 20, 20, 4096), task("mmlu", "b", "vllm", n10, n01, 4000)
+    assert 0.025 < S.noninferiority(b.baseline_scores, b.candidate_scores, 0.01).pvalue < 0.05
+    # Both present: a (p ~0) is rejected at 0.025, then b (p ~0.035) at 0.05.
+    assert one(G.decide(G.GatePolicy(correction="holm"), [a, b], family=planned), "b", "vllm").verdict == "SHIP"
+    # a not run: it counts as p = 1, so b must reach 0.025 first: never less conservative than the full run.
+    assert one(G.decide(G.GatePolicy(correction="holm"), b, family=planned), "b", "vllm").verdict == "INCONCLUSIVE"
 
 
 def test_family_spans_candidates_and_backends() -> None:
@@ -126,6 +163,7 @@ def test_family_spans_candidates_and_backends() -> None:
     decisions = G.decide(G.GatePolicy(correction="holm"), evidence)
     assert all(d.family_size == 4 for d in decisions)
     assert {d.verdict for d in decisions} == {"INCONCLUSIVE"}
+    assert "4 planned cells" in decisions[0].family
 
 
 def test_trtllm_policy_decides_but_both_are_reported() -> None:
@@ -186,13 +224,27 @@ def test_kld_flip_and_latency_rules() -> None:
         G.LatencyEvidence("fp8", "vllm", "itl", 90, 29.0, (27.5, 31.0), 90_000, concurrency=16),
     ]
     d = one(G.decide(pol, evidence), "fp8", "vllm")
-    assert d.rule("kld").passed is True and "0.012 [0.011, 0.013]" in d.rule("kld").message
+    # One-sided bounds at the cell's level from the SE the 95% interval implies.
+    se = 0.002 / (2 * 1.959963984540054)
+    lo, hi = 0.012 - 1.6448536 * se, 0.012 + 1.6448536 * se
+    assert d.rule("kld").passed is True and f"0.012 [{lo:.4g}, {hi:.4g}]" in d.rule("kld").message
     assert "simulated quantization" in d.rule("kld").message and d.simulated
     assert d.rule("flip_rate").passed is False and "7.50%" in d.rule("flip_rate").message
     assert d.rule("latency_ttft_p99_c16").passed is True
     assert "150.0 ms [140.0, 171.0]" in d.rule("latency_ttft_p99_c16").message
     assert d.rule("latency_itl_p90_c16").passed is None          # interval straddles 30 ms
     assert d.verdict == "BLOCK" and "flip_rate" in d.summary
+
+
+def test_a_kld_lower_bound_can_block_but_never_ship() -> None:
+    pol = G.GatePolicy(max_kld_mean=0.1)
+    low = G.DivergenceEvidence("fp8", "vllm", 0.01, (0.009, 0.011), 0.1, 0.99, 4096, bound="lower_bound",
+                               route="top-20 prompt log-probs")
+    high = G.DivergenceEvidence("nvfp4", "vllm", 0.5, (0.45, 0.55), 3.0, 0.7, 4096, bound="lower_bound")
+    dec = G.decide(pol, low, high)
+    assert one(dec, "fp8", "vllm").rule("kld").passed is None
+    assert "lower bound" in one(dec, "fp8", "vllm").rule("kld").message
+    assert one(dec, "nvfp4", "vllm").rule("kld").passed is False
 
 
 def test_missing_evidence_for_a_rule_is_inconclusive() -> None:
@@ -212,18 +264,38 @@ def test_backends_must_agree() -> None:
     assert vllm.verdict == "BLOCK" and "blocked on trtllm" in vllm.rule("backends_agree").message
 
 
-def test_sequential_mode_stops_or_continues() -> None:
-    pol = G.GatePolicy(sequential=True, correction="none")
-    planned = 6000
-    good = task("mmlu", "fp8", "vllm", 20, 20, 3000, planned_n=planned)           # 1.3% flips after 3000
+def test_group_sequential_mode_stops_or_continues() -> None:
+    pol = G.GatePolicy(correction="none")
+    looks = (1200, 2400, 3600, 4800, 6000)
+    good = task("mmlu", "fp8", "vllm", 20, 20, 2400, mode="group-sequential", looks=looks, planned_n=6000)
     d = one(G.decide(pol, good), "fp8", "vllm")
     td = d.tasks[0]
     assert d.verdict == "SHIP" and td.sequential is not None and td.sequential.verdict == "PASS"
-    assert "stopped at sequential look" in d.rule("mmlu").message
-    early = task("mmlu", "fp8", "vllm", 30, 25, 700, planned_n=planned)
+    assert td.mode == "group-sequential" and "stopped at group-sequential look" in d.rule("mmlu").message
+    early = task("mmlu", "fp8", "vllm", 30, 25, 1300, mode="group-sequential", looks=looks, planned_n=6000)
     e = one(G.decide(pol, early), "fp8", "vllm")
-    assert e.verdict == "INCONCLUSIVE" and e.tasks[0].verdict == "CONTINUE"
-    assert "continue to n=1200" in e.rule("mmlu").message
+    assert e.verdict == "INCONCLUSIVE" and e.tasks[0].sequential.verdict == "CONTINUE"
+    assert "look 1/5 reached (n=1300 of 6000 planned)" in e.rule("mmlu").message
+
+
+def test_anytime_mode_passes_clear_cases_and_keeps_the_rest_open() -> None:
+    pol = G.GatePolicy(margin=5.0, correction="none")
+    clear = task("mmlu", "fp8", "vllm", 1, 1, 300, mode="anytime", score_range=(0.0, 1.0))
+    d = one(G.decide(pol, clear), "fp8", "vllm")
+    assert d.verdict == "SHIP" and d.tasks[0].anytime.verdict == "PASS" and d.tasks[0].mode == "anytime"
+    assert "anytime-valid PASS at n=" in d.rule("mmlu").message
+    close = task("mmlu", "fp8", "vllm", 12, 4, 120, mode="anytime", score_range=(0.0, 1.0))
+    c = one(G.decide(pol, close), "fp8", "vllm")
+    assert c.verdict == "INCONCLUSIVE" and "extending the run keeps alpha" in c.rule("mmlu").message
+
+
+def test_adaptive_modes_fall_back_to_fixed_n_where_they_cannot_judge_and_say_so() -> None:
+    clustered = task("mmlu", "fp8", "vllm", 20, 20, 4096, mode="group-sequential", looks=(2048, 4096),
+                     clusters=tuple(i // 8 for i in range(4096)))
+    d = one(G.decide(G.GatePolicy(), clustered), "fp8", "vllm")
+    assert d.tasks[0].sequential is None and d.tasks[0].mode == "fixed" and d.verdict == "SHIP"
+    assert G.sequential_blocker(G.GatePolicy(), clustered).startswith("clustered samples")
+    assert "decided by the fixed-n rule at the planned n (clustered samples" in d.rule("mmlu").message
 
 
 def test_aggregation() -> None:
@@ -250,9 +322,3 @@ def test_gate_verdict_matches_the_simulated_statistics() -> None:
     for i in range(40):
         d = G.decide(pol, task("mmlu", "fp8", "vllm", int(n10s[i]), int(n01s[i]), 6215))[0]
         assert (d.verdict == "SHIP") == bool(vec["p"][i] <= 0.05)
-
-
-def test_sequential_mode_falls_back_to_fixed_n_and_says_so() -> None:
-    d = one(G.decide(G.GatePolicy(sequential=True), task("mmlu", "fp8", "vllm", 20, 20, 4096)), "fp8", "vllm")
-    assert d.tasks[0].sequential is None and d.verdict == "SHIP"
-    assert "sequential mode skipped for this task" in d.rule("mmlu").message

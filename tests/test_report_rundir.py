@@ -49,7 +49,8 @@ INT4_CAUSE = ("ValueError: Cannot pack weight with input dimension 576 and block
 
 
 def suite_dict(name: str = "release-check", tasks: tuple[str, ...] = TASKS, candidates: tuple[str, ...] | None = None,
-               backends: tuple[str, ...] = ("hf", "vllm", "trtllm"), gate: dict | None = None) -> dict[str, Any]:
+               backends: tuple[str, ...] = ("hf", "vllm", "trtllm"), gate: dict | None = None,
+               sampling: dict | None = None) -> dict[str, Any]:
     return {
         "name": name,
         "description": "Report test fixture: per-sample 0/1 scores, divergence and latency drawn from a seeded "
@@ -63,6 +64,7 @@ def suite_dict(name: str = "release-check", tasks: tuple[str, ...] = TASKS, cand
         "gate": gate if gate is not None else {"margin": 5.0, "alpha": 0.05, "correction": "holm",
                                                "max_kld_mean": 0.1, "max_flip_rate": 0.25},
         "latency": {"enabled": True, "concurrency": [1, 16], "num_requests": 64, "warmup_requests": 4},
+        **({"sampling": sampling} if sampling else {}),
     }
 
 
@@ -155,6 +157,19 @@ def write_run(root: Path, *, name: str = "release-check", seed: int = 7, suite: 
         model_hash=_h("SmolLM2-135M-Instruct.Q4_1.gguf"), seeds=suite["seeds"], plan=cells))
 
     truth = {t["name"]: (rng.random(N_ITEMS) < BASE_ACC.get(t["name"], 0.4)).astype(float) for t in suite["tasks"]}
+    mode = (suite.get("sampling") or {}).get("mode", "fixed")
+
+    def write_progress(cell_id: str) -> None:
+        # What the runner records beside the samples: each task's plan and its metric's semantics.
+        from qeval.sampling import look_schedule
+
+        spec = suite.get("sampling") or {}
+        looks = look_schedule(mode, N_ITEMS, looks=spec.get("looks", 5), look_size=spec.get("look_size", 32))
+        store.write_json(cell_id, "progress.json", {"mode": mode, "tasks": {t: {
+            "plan": {"task": t, "n_docs": N_ITEMS, "planned_n": N_ITEMS, "looks": list(looks)},
+            "semantics": {"higher_is_better": True, "points_per_unit": 100.0, "aggregation": "mean",
+                          "score_range": [0.0, 1.0], "source": "report test fixture"},
+            "progress": {"looks_done": len(looks), "state": "complete", "verdict": None}} for t in truth}})
     for backend in suite["backends"]:
         if backend == "trtllm":
             continue  # not installable here: TensorRT-LLM cells have no results (ENVIRONMENT.md)
@@ -163,6 +178,7 @@ def write_run(root: Path, *, name: str = "release-check", seed: int = 7, suite: 
         base_id = f"{suite['baseline']}-{backend}"
         for task, s in base_scores.items():
             store.write_samples(base_id, task, _records(task, s))
+        write_progress(base_id)
         store.write_status(base_id, {"state": "ok", "seconds": 61.2, "task_seconds": {t: 20.4 for t in base_scores},
                                      "kernels": {suite["baseline"]: "real"}, "run_here": True, "notes": "",
                                      "artifact": None})
@@ -180,6 +196,7 @@ def write_run(root: Path, *, name: str = "release-check", seed: int = 7, suite: 
                 c = _flip(s, spec["q10"] + extra, spec["q01"], rng)
                 answer = XSS_IMG if (xss and task == TASKS[0]) else ""
                 store.write_samples(cid, task, _records(task, c, choice_text=answer))
+            write_progress(cid)
             kind = kernels or KERNELS_VLLM.get(cand, "real")
             store.write_status(cid, {
                 "state": "ok", "seconds": 95.0, "task_seconds": {t: 31.0 for t in base_scores},
@@ -196,7 +213,7 @@ def write_run(root: Path, *, name: str = "release-check", seed: int = 7, suite: 
 # ---------------------------------------------------------------- the fixture is read as a real run is
 
 def test_written_run_is_paired_by_qeval_evidence(tmp_path: Path) -> None:
-    from qeval.evidence import collect
+    from qeval.collect import collect
     from qeval.gate import ErrorEvidence, TaskEvidence
 
     run = collect(write_run(tmp_path))

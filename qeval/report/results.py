@@ -17,8 +17,8 @@ import numpy as np
 from scipy.stats import norm
 
 from qeval import precisions, stats
-from qeval.evidence import RunEvidence, collect
-from qeval.gate import Decision, TaskEvidence, decide
+from qeval.collect import RunEvidence, collect
+from qeval.gate import Decision, Family, TaskEvidence, decide
 from qeval.report.speed import compare_latency, pareto
 from qeval.store import RunStore, read_manifest
 
@@ -49,7 +49,7 @@ ANSWER_CHARS = 160
 def gate_run(run_dir: Path) -> list[Decision]:
     """The gate's decisions for a run directory."""
     run = collect(run_dir)
-    return decide(run.suite.gate, run.evidence)
+    return decide(run.suite.gate, run.evidence, family=Family.planned(run.suite))
 
 
 def jsonable(value: Any) -> Any:
@@ -218,7 +218,8 @@ def build_results(run_dir: Path) -> dict[str, Any]:
     """
     run = collect(run_dir)
     samples = _Samples(RunStore(run_dir))
-    decisions = decide(run.suite.gate, run.evidence)
+    family = Family.planned(run.suite)
+    decisions = decide(run.suite.gate, run.evidence, family=family)
     manifest = read_manifest(run_dir)
     task_names = [t.name for t in run.suite.tasks]
     cells = []
@@ -237,6 +238,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
             "notes": (status or {}).get("notes") or "",
             "compute": (status or {}).get("compute"),
             "task_seconds": (status or {}).get("task_seconds"),
+            "progress": run.progress.get(cell.id),
         })
     out_decisions = [_decision_item(run, samples, d) for d in decisions]
     # Records read from the run (divergence, latency, manifest) may hold NaN: strict JSON has none.
@@ -246,9 +248,8 @@ def build_results(run_dir: Path) -> dict[str, Any]:
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "manifest": manifest,
         "suite": run.suite.model_dump(),
-        "gate": {"policy": run.suite.gate.model_dump(),
-                 "correction": run.suite.gate.correction, "alpha": run.suite.gate.alpha,
-                 "family_size": decisions[0].family_size if decisions else 0},
+        "gate": {"policy": run.suite.gate.model_dump(), "correction": family.effective_correction,
+                 "alpha": run.suite.gate.alpha, "family_size": family.size, "family": family.describe()},
         "cells": cells,
         "decisions": out_decisions,
         "matrix": _matrix(run, out_decisions),

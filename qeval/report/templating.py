@@ -15,7 +15,7 @@ from functools import lru_cache
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from qeval.gate import _fmt_p as _gate_fmt_p
+from qeval.gate.messages import fmt_p as _gate_fmt_p
 from qeval.report import results as labels, view
 
 DASH = "–"
