@@ -1,4 +1,4 @@
-"""Command line: `qeval run | report | compare | fetch`.
+"""Command line: `qeval run | plan | report | compare | fetch`.
 
 Exit codes: 0 the run finished and no candidate is blocked; 1 a candidate is
 BLOCKed or a cell ended in ERROR; 2 bad input (the message names the file,
@@ -89,6 +89,22 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from qeval.forecast import forecast, render
+    from qeval.suite import load_suite
+
+    if args.pilot < 0:
+        raise QevalError(f"--pilot must be 0 or more documents, got {args.pilot}", field="--pilot",
+                         fix="e.g. --pilot 20")
+    if args.flip_rate is not None and not 0 < args.flip_rate <= 1:
+        raise QevalError(f"--flip-rate must be in (0, 1], got {args.flip_rate}", field="--flip-rate",
+                         fix="a fraction, e.g. 0.1 for 10% of answers flipping")
+    suite, suite_path = load_suite(args.suite)
+    print(render(forecast(suite, suite_path, flip_rate=args.flip_rate, pilot=args.pilot,
+                          seconds_per_item=args.seconds_per_item)))
+    return EXIT_OK
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from qeval.report.compare import compare_runs
 
@@ -111,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="gate a run directory and write its reports")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
+
+    plan = sub.add_parser("plan", help="before a run: the n each task needs for the suite's margin, alpha and "
+                                       "power, the documents it has, the projected cost")
+    plan.add_argument("suite", nargs="?", default=None, help="suite YAML path or built-in name (default: smoke)")
+    plan.add_argument("--flip-rate", type=float, default=None,
+                      help="assumed fraction of answers that flip (default: 10%%, or measured by --pilot)")
+    plan.add_argument("--pilot", type=int, default=0, metavar="N",
+                      help="measure the flip rate and seconds per item on N documents per task (baseline and the "
+                           "first candidate on hf; default 0: no model runs)")
+    plan.add_argument("--seconds-per-item", type=float, default=None, help="cost per item where no pilot runs")
+    plan.set_defaults(func=cmd_plan)
 
     compare = sub.add_parser("compare", help="what changed from run A (e.g. last release) to run B")
     compare.add_argument("run_a")

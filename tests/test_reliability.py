@@ -73,11 +73,11 @@ def test_engine_failure_in_one_cell_leaves_the_others_intact(tmp_path: Path, pla
     assert "Traceback" in failed["traceback"]
     assert store.tasks(f"{PLANTED}-hf") == []
 
-    # The other cells ran to the end: every sample, in order, each with its score.
+    # The other cells ran to the end: every planned sample, in the design's order, each with its score.
     for cell in ("bf16-hf", "int8_wo-hf"):
         assert store.read_status(cell)["state"] == "ok", cell
         samples = store.read_samples(cell, "bigbench_mc_social_iqa")
-        assert [s["doc_id"] for s in samples] == list(range(12)), cell
+        assert [s["doc_id"] for s in samples] == planned_docs(run_dir, "bigbench_mc_social_iqa"), cell
         assert all(s["score"] in (0.0, 1.0) and len(s["loglikelihoods"]) == len(s["choices"]) for s in samples)
 
     # The gate: the failed candidate is BLOCKed and says why; the run's summary says so too.
@@ -88,6 +88,16 @@ def test_engine_failure_in_one_cell_leaves_the_others_intact(tmp_path: Path, pla
     assert "FPx" in json.dumps(planted), planted
     assert decisions[("int8_wo", "hf")]["verdict"] != "BLOCK"
     assert PLANTED in out.out and "BLOCK" in out.out
+
+
+def planned_docs(run_dir: Path, task: str) -> list[int]:
+    """The documents the run's sampling design planned for a task, in evaluation order (from its manifest)."""
+    from qeval.sampling import permutation
+    from qeval.store import read_manifest
+
+    design = read_manifest(run_dir)["sampling"]
+    plan = design["tasks"][task]
+    return list(permutation(plan["n_docs"], design["seed"], task, design["order"] == "shuffled")[:plan["planned_n"]])
 
 
 # -- (c) a corrupted cache file is detected, rebuilt, and said ---------------------------------------
@@ -252,7 +262,7 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_results(tmp_path: Pa
     # Identical to the uninterrupted run: every cell, task and doc id, score and log-likelihoods.
     got, want = _results(run_dir), _results(ref_dir)
     for key in want:
-        assert sorted(got[key]) == sorted(want[key]) == list(range(30)), key
+        assert sorted(got[key]) == sorted(want[key]) == sorted(planned_docs(ref_dir, key[1])), key
         assert {d: s for d, (s, _) in got[key].items()} == {d: s for d, (s, _) in want[key].items()}, key
         assert got[key] == want[key], f"{key}: log-likelihoods differ after resume"
     verdicts = [{(d["candidate"], d["backend"]): d["verdict"] for d in json.loads((r / "results.json").read_text())
