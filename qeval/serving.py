@@ -93,13 +93,16 @@ def vllm_command(model_path: str | Path, *, port: int, served_model_name: str, d
     `dtype` "auto" is qeval's choice for this machine (qeval.compute: float32 where the CPU emulates bf16),
     resolved here: vLLM's own `--dtype auto` means something else (the checkpoint's dtype).
     """
-    if dtype == "auto":
-        from qeval import compute
+    from qeval import compute
 
-        dtype = compute.choose("auto", "bfloat16").dtype
+    here = compute.choose("auto", "bfloat16")
+    dtype = here.dtype if dtype == "auto" else dtype
+    # On a CPU, eager mode as the in-process backend runs it: vLLM's torch.compile warm-up costs minutes
+    # there (a C++ build per graph) and buys nothing for scoring.
+    eager = ["--enforce-eager"] if here.device == "cpu" and "--enforce-eager" not in extra_args else []
     return [sys.executable, "-m", "qeval.vllm_cli", "serve", str(model_path), "--host", LOOPBACK, "--port", str(port),
             "--served-model-name", served_model_name, "--dtype", dtype, "--max-model-len", str(max_model_len),
-            "--seed", str(seed), "--disable-uvicorn-access-log", *extra_args]
+            "--seed", str(seed), "--disable-uvicorn-access-log", *eager, *extra_args]
 
 
 def wait_healthy(server: Server, timeout_s: float, *, headers: dict[str, str] | None = None) -> None:
