@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # force: each call (tests call main() in process, one stderr each) logs to the stderr of now.
+    logging.basicConfig(force=True, level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("lm_eval", "httpx", "datasets", "transformers", "modelopt", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -84,9 +84,24 @@ class Context:
         if backend not in self.baselines:
             cell = Cell(self.suite.baseline, backend, True)
             engine = baseline_hf_backend(self) if backend == "hf" else build_backend(self, cell)
-            self.baselines[backend] = QevalLM(engine, self.tokenizer, self.store.request_cache(cell.id),
+            self.baselines[backend] = QevalLM(engine, self.tokenizer, self.request_cache(cell, engine),
                                               label=cell.id)
         return self.baselines[backend]
+
+    def request_cache(self, cell: "Cell", engine: Any) -> Any:
+        """The cell's request cache, in front of the responses earlier runs of the same engine gave
+        (qeval.response_cache); only where the engine's identity is known (hf, in-process vLLM)."""
+        from qeval import response_cache
+
+        local = self.store.request_cache(cell.id)
+        artifact = f"baseline:{cell.precision}" if cell.is_baseline else (self.artifacts.get(cell.id) or {}).get("key")
+        if cell.backend not in ("hf", "vllm") or artifact is None or self.model_hash is None:
+            return local
+        ident = response_cache.identity(backend=cell.backend, model_hash=self.model_hash, artifact=artifact,
+                                        compute_dtype=engine.capabilities.compute_dtype,
+                                        extra={"max_length": self.suite.model.max_length,
+                                               "trust_remote_code": self.suite.model.trust_remote_code})
+        return response_cache.for_cell(local, ident)
 
     def close_baseline(self, backend: str) -> None:
         lm = self.baselines.pop(backend, None)
@@ -232,7 +247,8 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
                              f"{exc.strerror or exc})", field="--reports-dir",
                              fix="choose a reports directory you can write to") from None
     cells = plan(suite)
-    ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager)
+    ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager,
+                  model_hash=weights_hash)
     ctx.task_plans, ctx.semantics = looks.plan_tasks(suite, task_manager, file=str(suite_path))
     design = looks.design_record(suite, ctx.task_plans)
     if resume:
@@ -331,7 +347,7 @@ def _run_cell_locked(ctx: Context, cell: Cell) -> None:
                 if ctx.suite.divergence.enabled:
                     with _timed(steps, "divergence"):
                         run_divergence(ctx, cell, backend)
-                lm = QevalLM(backend, ctx.tokenizer, ctx.store.request_cache(cell.id), label=cell.id)
+                lm = QevalLM(backend, ctx.tokenizer, ctx.request_cache(cell, backend), label=cell.id)
                 looks.run_candidate(ctx, cell, lm, timings)
             if ctx.suite.latency.enabled and cell.backend in (ctx.suite.latency.backends or ctx.suite.backends):
                 with _timed(steps, "latency"):

@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Each test computes what it checks: responses of earlier runs (qeval.response_cache) are reused only in the
+# test of that cache, which turns it on for itself.
+os.environ.setdefault("QEVAL_SHARED_CACHE", "0")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ with it exactly as it scores the baseline.
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Iterator
@@ -95,6 +96,8 @@ class HFBackend:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype  # kept: close() drops the model, the record still needs it
         self.eos_token_id = eos_token_id if eos_token_id is not None else model.config.eos_token_id
+        # transformers' causal LMs take a tensor of positions to project to the vocabulary (logits_to_keep).
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @property
     def capabilities(self) -> Capabilities:
@@ -105,17 +108,34 @@ class HFBackend:
                             compute_dtype=str(self.dtype).removeprefix("torch."))
 
     @torch.inference_mode()
-    def _forward_logprobs(self, inputs: list[list[int]]) -> list[torch.Tensor]:
-        """Log-softmax over the vocabulary at every position of each input (float32)."""
+    def _forward_logprobs(self, inputs: list[list[int]], tails: list[int] | None = None) -> list[torch.Tensor]:
+        """Log-softmax over the vocabulary at the positions asked for (float32).
+
+        Args:
+            inputs: token ids per row (right-padded into one batch).
+            tails: per row, how many final positions are needed (None: every position). Scoring
+                needs only the continuation's positions: the vocabulary projection and its
+                log-softmax (a fifth of a small model's FLOPs, most of its memory traffic) then run
+                on those positions only, through the model's own `logits_to_keep`.
+        """
         width = max(len(x) for x in inputs)
         ids = torch.zeros((len(inputs), width), dtype=torch.long)
         mask = torch.zeros((len(inputs), width), dtype=torch.long)
         for row, seq in enumerate(inputs):
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = 1
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        keep = None
+        if tails is not None and self._keeps_logits:
+            wanted = sorted({p for seq, t in zip(inputs, tails) for p in range(len(seq) - t, len(seq))})
+            keep = torch.tensor(wanted, dtype=torch.long)
+        kwargs = {} if keep is None else {"logits_to_keep": keep.to(self.device)}
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        return [logprobs[row, : len(seq)] for row, seq in enumerate(inputs)]
+        if keep is None:
+            return [logprobs[row, : len(seq)] for row, seq in enumerate(inputs)]
+        column = {int(p): i for i, p in enumerate(keep)}
+        return [logprobs[row, [column[p] for p in range(len(seq) - t, len(seq))]]
+                for row, (seq, t) in enumerate(zip(inputs, tails))]  # type: ignore[arg-type]
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
         results: list[LoglikelihoodResult | None] = [None] * len(requests)
@@ -128,7 +148,8 @@ class HFBackend:
             for i in batch:
                 whole = (requests[i].context_tokens + requests[i].continuation_tokens)[-(self.max_length + 1):]
                 inputs.append(list(whole[:-1]))
-            for i, logprobs in zip(batch, self._forward_logprobs(inputs)):
+            tails = [min(len(requests[i].continuation_tokens), len(x)) for i, x in zip(batch, inputs)]
+            for i, logprobs in zip(batch, self._forward_logprobs(inputs, tails)):
                 cont = torch.tensor(requests[i].continuation_tokens, dtype=torch.long)
                 tail = logprobs[-len(cont):]
                 token_lp = tail.gather(1, cont[:, None])[:, 0]
