@@ -16,7 +16,7 @@ from typing import Any
 
 from qeval.evaluate import MetricSemantics, resolve_scale
 from qeval.gate import DivergenceEvidence, ErrorEvidence, Evidence, LatencyEvidence, TaskEvidence
-from qeval.runner import Cell, plan
+from qeval.cells import Cell, plan
 from qeval.store import RunStore
 from qeval.suite import Suite
 

@@ -127,7 +127,7 @@ def run_baseline(ctx: Any, cell: Any, lm: Any, timings: dict[str, float]) -> Non
 
 def extend_baseline(ctx: Any, backend: str, plan: sampling.TaskPlan, k: int) -> None:
     """Make sure the baseline on `backend` has looks 0..k of a task (the same slices the candidate uses)."""
-    from qeval.runner import Cell
+    from qeval.cells import Cell
 
     cell = Cell(ctx.suite.baseline, backend, True)
     progress = load_progress(ctx, cell.id)

@@ -175,7 +175,7 @@ class SuiteFile(pytest.File):
 
     def collect(self) -> Iterator["GateRuleItem"]:
         from qeval.gate import planned_rules
-        from qeval.runner import plan
+        from qeval.cells import plan
         from qeval.suite import load_suite
 
         try:
@@ -287,6 +287,6 @@ def qeval_gate(request: pytest.FixtureRequest, qeval_run: Any) -> dict[str, Any]
 
 
 def _all_cells(suite: Any) -> set[str]:
-    from qeval.runner import plan
+    from qeval.cells import plan
 
     return {c.id for c in plan(suite)}

@@ -1,6 +1,6 @@
 """`qeval run`: plan the matrix, run every cell, write results as they come.
 
-The flow is one direction (ARCHITECTURE.md): suite -> plan -> per cell:
+The flow is one direction (docs/architecture.md): suite -> plan -> per cell:
 backend -> lm-eval tasks (per-sample records) -> store; then stats -> gate
 -> report. Every cell's results land in the run directory as they are
 produced, so `--resume` recomputes nothing that finished, and a cell that
@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from filelock import FileLock, Timeout
 
 from qeval import looks, sampling
+from qeval.cells import Cell, plan
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
 from qeval.store import RunStore, read_manifest, write_json_atomic
@@ -29,26 +30,6 @@ from qeval.suite import Suite, suite_hash
 from qeval.timings import record_step
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the matrix: a precision on a backend."""
-
-    precision: str
-    backend: str
-    is_baseline: bool
-
-    @property
-    def id(self) -> str:
-        return f"{self.precision}-{self.backend}"
-
-
-def plan(suite: Suite) -> list[Cell]:
-    """Baselines first (every candidate is compared with the baseline on its own backend)."""
-    cells = [Cell(suite.baseline, b, True) for b in suite.backends]
-    cells += [Cell(p, b, False) for b in suite.backends for p in suite.candidates]
-    return cells
 
 
 def new_run_dir(reports_dir: Path, suite: Suite) -> Path:

@@ -163,8 +163,8 @@ baseline: bf16
 candidates: [int8_wo]
 backends: [hf]
 tasks:
-  - {name: bigbench_mc_social_iqa, limit: 30}
-  - {name: bigbench_mc_physics, limit: 30}
+  - {name: bigbench_mc_social_iqa, limit: 20}
+  - {name: bigbench_mc_physics, limit: 20}
 calibration: bigbench-mixed
 divergence: {enabled: false}
 latency: {enabled: false}
@@ -212,8 +212,9 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_results(tmp_path: Pa
     suite.write_text(KILL_SUITE)
 
     # The reference: the same suite, never interrupted.
+    # No timeouts: a slower machine takes longer, it is not a failure (a hung run shows in CI's own limit).
     ref = subprocess.run(_qeval("run", str(suite), "--reports-dir", str(tmp_path / "ref")), env=_env(),
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True)
     assert ref.returncode in (0, 1), ref.stderr[-3000:]
     [ref_dir] = list((tmp_path / "ref").iterdir())
 
@@ -222,12 +223,10 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_results(tmp_path: Pa
     reports = tmp_path / "killed"
     proc = subprocess.Popen(_qeval("run", str(suite), "--reports-dir", str(reports)), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 400
     watermark = None
     try:
         while True:
             assert proc.poll() is None, f"the run ended before it was killed:\n{proc.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "the run did not reach the kill point in time"
             samples = list(reports.glob("*/cells/*/samples/*.jsonl"))
             requests = next(iter(reports.glob("*/cells/int8_wo-hf/requests.jsonl")), None)
             if len(samples) == 3 and requests is not None:
@@ -245,8 +244,7 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_results(tmp_path: Pa
     assert len(done) == 3, f"killed too late: {done}"  # some but not all results were on disk
     assert (run_dir / "cells/bf16-hf/status.json").exists() and not (run_dir / "cells/int8_wo-hf/status.json").exists()
 
-    resumed = subprocess.run(_qeval("run", "--resume", str(run_dir)), env=_env(), capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(_qeval("run", "--resume", str(run_dir)), env=_env(), capture_output=True, text=True)
     assert resumed.returncode == ref.returncode, resumed.stderr[-3000:]
     # Nothing that finished was recomputed: the finished cell is reused, the partial task starts from its cache.
     import re

@@ -1,6 +1,6 @@
 """Paired statistics behind the gate: pure functions over per-sample scores.
 
-Conventions (see STATISTICS.md):
+Conventions (docs/statistics.md says what the gate builds from them):
 - `baseline` and `candidate` are per-sample scores matched by lm-eval doc_id
   (same order), in the metric's own units (0/1 for accuracy-like metrics).
   d_i = candidate_i - baseline_i, so a negative delta is a regression.

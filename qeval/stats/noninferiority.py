@@ -101,7 +101,7 @@ class NonInferiority:
 
 def noninferiority_verdict(pvalue: float, pvalue_inferior: float, distance: float, n: int, n_adequate: int,
                            alpha: float) -> Verdict:
-    """The three-way rule of STATISTICS.md.
+    """The three-way rule of docs/statistics.md ("A task's rule").
 
     Args:
         pvalue: (adjusted) one-sided non-inferiority p-value; <= alpha means the lower
