@@ -103,6 +103,11 @@ class DivergenceSpec(_Strict):
     heldout_tokens: PositiveInt = Field(2048, description="tokens of held-out text (from the calibration source's"
                                         " disjoint held-out split)")
     task_prompts: NonNegativeInt = Field(64, description="task prompts compared token by token (0: none)")
+    server_top_k: PositiveInt | Literal["full"] = Field(20, description=(
+        "log-probabilities per position asked of OpenAI-compatible servers (openai backend). Below the "
+        "vocabulary size the KL is a lower bound only (sound for BLOCK, never PASS); 'full' asks for the "
+        "whole vocabulary (exact, and heavy: one JSON entry per token per position); qeval passes "
+        "--max-logprobs to the `vllm serve` it starts, external servers may allow less (the record says)"))
 
 
 class ServerSpec(_Strict):
