@@ -71,6 +71,8 @@ def _cell_evidence(store: RunStore, suite: Suite, cell: Cell, status: dict[str, 
             if c is cell:
                 return []  # not run (e.g. deselected in pytest): no decision rather than a false one
             return [ErrorEvidence(cell.precision, cell.backend, f"the {role} cell {c.id} has not run")]
+        if st.get("state") == "not_run":
+            return []  # the engine cannot run here (cause in the status): no decision, the matrix says NOT RUN
         if st.get("state") == "error":
             return [ErrorEvidence(cell.precision, cell.backend, f"{role} cell {c.id} failed: {st.get('cause')}")]
     evidence: list[Evidence] = []

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
 
+from qeval.backends.base import EngineUnavailable
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
 from qeval.store import RunStore, read_manifest, write_json_atomic
@@ -274,13 +275,17 @@ def _run_cell_locked(ctx: Context, cell: Cell) -> None:
                 timings[task.name] = round(time.perf_counter() - t0, 2)
                 log.info("%s %s: %s (n=%d, %.1fs)", cell.id, task.name,
                          {k: round(v, 4) for k, v in aggregate.items()}, len(records), timings[task.name])
-            if ctx.suite.divergence.enabled and not cell.is_baseline:
+            if ctx.suite.divergence.enabled:  # the baseline stores the reference and measures the noise floor
                 with _timed(steps, "divergence"):
                     run_divergence(ctx, cell, backend)
             if ctx.suite.latency.enabled and cell.backend in (ctx.suite.latency.backends or ctx.suite.backends):
                 with _timed(steps, "latency"):
                     run_latency(ctx, cell, backend)
             capabilities = backend.capabilities
+    except EngineUnavailable as exc:  # this engine cannot run here: NOT RUN with the reason, the run goes on
+        log.warning("%s: NOT RUN: %s", cell.id, exc.reason)
+        ctx.store.write_status(cell.id, {**exc.as_record(), "seconds": round(time.perf_counter() - started, 2)})
+        return
     except QevalError:
         raise  # bad input: the whole run stops with exit code 2 (nothing computed is lost)
     except Exception as exc:  # noqa: BLE001 - fault isolation: one cell's crash must not end the run
@@ -316,38 +321,16 @@ def compute_record(ctx: Context, capabilities: Any) -> dict[str, Any] | None:
 
 
 def run_divergence(ctx: Context, cell: Cell, backend: Any) -> None:
-    """KL / top-1 / PPL ratio of a candidate against the baseline on held-out text and task prompts."""
-    from qeval import divergence
-    from qeval.quantize import calibration_for
+    """KL / top-1 / PPL ratio of a cell on its own engine (qeval.engine_divergence): a baseline stores its
+    reference distributions and measures the engine's noise floor; a candidate is compared with them."""
+    from qeval import engine_divergence
 
     if ctx.store.read_json(cell.id, "divergence.json"):
         return
-    if cell.backend != "hf":
-        log.info("%s: divergence needs full distributions; computed on the hf backend only", cell.id)
-        return
-    reference = baseline_hf_backend(ctx)
-    spec = ctx.suite.divergence
-    record: dict[str, Any] = {"baseline": f"{ctx.suite.baseline}-hf", "simulated": True}
-    heldout = divergence.take_tokens(calibration_for(ctx).heldout, spec.heldout_tokens)
-    record["heldout"] = divergence.summarize(divergence.compare_backends(reference, backend, heldout))
-    prompts = divergence.task_prompt_sequences(ctx, spec.task_prompts)
-    if prompts:
-        record["task_prompts"] = divergence.summarize(divergence.compare_backends(reference, backend, prompts))
+    record = engine_divergence.run(ctx, cell, backend)
+    if "unavailable" in record:
+        log.warning("%s: no divergence: %s", cell.id, record["unavailable"])
     ctx.store.write_json(cell.id, "divergence.json", record)
-    h = record["heldout"]
-    log.info("%s: KLD %.4f (p99 %.3f), top-1 %.3f, PPL ratio %.3f on %d held-out tokens", cell.id,
-             h["kld_mean"], h["kld_p99"], h["top1_agree"], h["ppl_ratio"], h["n_tokens"])
-
-
-def baseline_hf_backend(ctx: Context) -> Any:
-    """The baseline on HF, loaded once per run (the reference of every divergence comparison)."""
-    from qeval.backends.hf import HFBackend, load_hf_model
-
-    if ctx.baseline_backend is None:
-        model = load_hf_model(ctx.model_dir, ctx.compute.dtype, trust_remote_code=ctx.suite.model.trust_remote_code)
-        ctx.baseline_backend = HFBackend(model, ctx.tokenizer, precision=ctx.suite.baseline,
-                                         max_length=ctx.suite.model.max_length)
-    return ctx.baseline_backend
 
 
 @contextlib.contextmanager
