@@ -107,11 +107,16 @@ def install_capture() -> str:
             if not _active or self.num_prompt_logprobs != -1 or not isinstance(self.prompt_logprobs, list):
                 return original(self, prompt_logprobs_tensors)
             token_ids, logprobs = prompt_logprobs_tensors[0], prompt_logprobs_tensors[1]
-            self.prompt_logprobs.append(_DenseRows(np.array(token_ids), np.array(logprobs)))
+            self.prompt_logprobs.append(_DenseRows(_array(token_ids), _array(logprobs)))
 
         cls._update_prompt_logprobs = _update_prompt_logprobs
         _installed = "applied"
         return _installed
+
+
+def _array(x: Any) -> np.ndarray:
+    """An owned numpy copy of a CPU tensor (or array) from the engine core's message."""
+    return np.array(x.numpy() if hasattr(x, "numpy") else x)
 
 
 @contextlib.contextmanager
