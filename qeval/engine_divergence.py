@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from typing import Any, Iterator, Sequence
 
@@ -196,3 +197,30 @@ def _candidate(ctx: Any, cell: Any, backend: Any, seqs: dict[str, list[list[int]
                  "exact" if h["kld_kind"] == "exact" else ">=", h["kld_mean"], h["kld_p99"], h["top1_agree"],
                  h["ppl_ratio"], h["n_tokens"], record["route"]["name"])
     return record
+
+
+def prune_references(ctx: Any, cells: Sequence[Any]) -> list[str]:
+    """Delete each engine's stored reference once no candidate on that engine can still need it.
+
+    A reference is tokens x vocabulary x 4 bytes (0.7 GB per engine for the CPU smoke suite). It is kept
+    while any candidate cell on its engine lacks a divergence record and may still compute one (not run
+    yet, or ERROR: a resume retries it); NOT RUN cells never will.
+
+    Returns:
+        The baseline cells whose reference was deleted.
+    """
+    pruned = []
+    for backend in {c.backend for c in cells}:
+        base_id = baseline_cell_id(ctx, backend)
+        folder = ctx.store.cell_dir(base_id) / "reference"
+        if not folder.is_dir():
+            continue
+        pending = [c.id for c in cells if c.backend == backend and not c.is_baseline
+                   and (ctx.store.read_status(c.id) or {}).get("state") != "not_run"
+                   and not ctx.store.read_json(c.id, "divergence.json")]
+        if pending:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        pruned.append(base_id)
+        log.info("%s: reference distributions deleted (every candidate on %s has its divergence)", base_id, backend)
+    return pruned

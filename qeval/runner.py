@@ -223,6 +223,10 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
         cells = [c for c in cells if c.id in only or (c.is_baseline and c.backend in wanted_backends)]
     for cell in cells:
         run_cell(ctx, cell)
+    if ctx.suite.divergence.enabled and not ctx.suite.divergence.keep_reference:  # once no candidate needs them
+        from qeval.engine_divergence import prune_references
+
+        prune_references(ctx, plan(suite))
     # Written once the cells are through: a resume stopped by bad input leaves the run directory as it was.
     record_step(store.root, "fetch and check assets" if not resume else "check assets (resume)", prepare_seconds)
     return store

@@ -170,3 +170,27 @@ def test_reference_is_stored_exactly_and_checked_against_the_tokens(tmp_path) ->
         np.testing.assert_array_equal(np.asarray(got.full), d.full)
         np.testing.assert_array_equal(got.targets, d.targets)
     assert not (tmp_path / "ref.tmp").exists()
+
+
+def test_references_are_pruned_only_when_no_candidate_can_need_them(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from qeval.engine_divergence import prune_references
+    from qeval.runner import Cell
+    from qeval.store import RunStore
+
+    store = RunStore(tmp_path)
+    for base in ("bf16-hf", "bf16-vllm"):
+        (store.cell_dir(base) / "reference" / "heldout").mkdir(parents=True)
+    cells = [Cell("bf16", "hf", True), Cell("bf16", "vllm", True), Cell("fp8", "hf", False), Cell("fp8", "vllm", False),
+             Cell("int8_wo", "vllm", False)]
+    ctx = SimpleNamespace(store=store, suite=SimpleNamespace(baseline="bf16"))
+    store.write_status("fp8-hf", {"state": "ok"})
+    store.write_json("fp8-hf", "divergence.json", {"role": "candidate"})
+    store.write_status("fp8-vllm", {"state": "error", "cause": "boom"})  # a resume retries it: it needs the reference
+    store.write_status("int8_wo-vllm", {"state": "not_run", "reason": "no load path"})  # never will
+    assert prune_references(ctx, cells) == ["bf16-hf"]
+    assert not (store.cell_dir("bf16-hf") / "reference").exists() and (store.cell_dir("bf16-vllm") / "reference").exists()
+    store.write_status("fp8-vllm", {"state": "ok"})
+    store.write_json("fp8-vllm", "divergence.json", {"role": "candidate"})
+    assert prune_references(ctx, cells) == ["bf16-vllm"]

@@ -132,7 +132,7 @@ backends: [hf, vllm, trtllm]
 tasks:
   - {name: bigbench_mc_social_iqa, limit: 12}
 calibration: bigbench-mixed
-divergence: {heldout_tokens: 192, task_prompts: 2}
+divergence: {heldout_tokens: 192, task_prompts: 2, keep_reference: true}
 gate: {margin: 5.0, max_kld_mean: 0.05}
 latency:
   backends: [vllm]
