@@ -1,8 +1,11 @@
 """Command line: `qeval run | plan | report | compare | fetch`.
 
-Exit codes: 0 the run finished and no candidate is blocked; 1 a candidate is
-BLOCKed or a cell ended in ERROR; 2 bad input (the message names the file,
-the field and the fix; nothing already computed is lost).
+Exit codes: 0 the run finished, no candidate is blocked and every cell ran;
+1 a candidate is BLOCKed or a cell ended in ERROR; 2 bad input (the message
+names the file, the field and the fix; nothing already computed is lost);
+3 nothing is blocked, but an engine could not run some cells here (NOT RUN:
+not installed, no GPU, no kernels or load path for the precision; the report
+and the printed summary list them with the reason as measured). 1 wins over 3.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from qeval.errors import EXIT_BAD_INPUT, QevalError
 
 EXIT_OK = 0
 EXIT_BLOCKED = 1
+EXIT_NOT_RUN = 3
 
 
 def _offline_env() -> None:
@@ -70,7 +74,9 @@ def finish(run_dir: Path) -> int:
     record_step(run_dir, "report", time.perf_counter() - t0)
     print("time per step:\n  " + "\n  ".join(summary_lines(run_dir)))
     print(outcome.summary)
-    return EXIT_BLOCKED if outcome.any_blocked else EXIT_OK
+    if outcome.any_blocked:
+        return EXIT_BLOCKED
+    return EXIT_NOT_RUN if outcome.not_run else EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -125,6 +125,8 @@ def cell_evidence(store: RunStore, suite: Suite, cell: Cell, status: dict[str, d
             if c is cell:
                 return []  # not run (e.g. deselected in pytest): no decision rather than a false one
             return [ErrorEvidence(cell.precision, cell.backend, f"the {role} cell {c.id} has not run")]
+        if st.get("state") == "not_run":
+            return []  # the engine cannot run here (cause in the status): no decision, the matrix says NOT RUN
         if st.get("state") == "error":
             return [ErrorEvidence(cell.precision, cell.backend, f"{role} cell {c.id} failed: {st.get('cause')}")]
     evidence: list[Evidence] = []
@@ -134,13 +136,33 @@ def cell_evidence(store: RunStore, suite: Suite, cell: Cell, status: dict[str, d
         ev = task_evidence(store, suite, cell, task, progress)
         if ev is not None:
             evidence.append(ev)
-    if divergence and "heldout" in divergence:
-        h = divergence["heldout"]
-        evidence.append(DivergenceEvidence(
-            candidate=cell.precision, backend=cell.backend, kld_mean=h["kld_mean"],
-            kld_mean_ci=tuple(h["kld_mean_ci"]) if h.get("kld_mean_ci") else None, kld_p99=h["kld_p99"],
-            top1_agree=h["top1_agree"], n_tokens=h["n_tokens"], simulated=simulated, kld_se=h.get("kld_se"),
-            bound=h.get("bound", "exact"), route=h.get("route", "")))
+    div = divergence_evidence(cell, divergence, simulated)
+    if div is not None:
+        evidence.append(div)
     for point in (latency or {}).get("percentiles", []):
         evidence.append(LatencyEvidence(candidate=cell.precision, backend=cell.backend, **point))
     return evidence
+
+
+def divergence_evidence(cell: Cell, record: dict | None, simulated: bool) -> DivergenceEvidence | None:
+    """The held-out KL of a cell, with what kind of number it is (qeval.divergence: exact, or bounds from
+    top-k; a section that is only a lower bound is kept under lower_bound_only, so it can never PASS)."""
+    if not record:
+        return None
+    section = record.get("heldout")
+    if section is None:
+        section = (record.get("lower_bound_only") or {}).get("heldout")
+    if not section or not section.get("n_tokens"):
+        return None
+    route = (record.get("route") or {}).get("name", "")
+    ci = section.get("kld_mean_ci")
+    common = dict(candidate=cell.precision, backend=cell.backend, kld_p99=section["kld_p99"],
+                  top1_agree=section["top1_agree"], n_tokens=section["n_tokens"], simulated=simulated, route=route)
+    if section.get("kld_kind", "exact") == "exact":
+        return DivergenceEvidence(kld_mean=section["kld_mean"], kld_mean_ci=tuple(ci) if ci else None,
+                                  kld_se=section.get("kld_se"), bound="exact", **common)
+    lower, upper = section["kld_lower"], section.get("kld_upper")
+    return DivergenceEvidence(kld_mean=lower["kld_mean"], kld_mean_ci=tuple(lower["kld_mean_ci"]),
+                              kld_se=lower.get("kld_se"), bound="lower_bound" if upper is None else "bounds",
+                              kld_upper_mean=None if upper is None else upper["kld_mean"],
+                              kld_upper_se=None if upper is None else upper.get("kld_se"), **common)

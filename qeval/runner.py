@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from filelock import FileLock, Timeout
 
 from qeval import looks, sampling
+from qeval.backends.base import EngineUnavailable
 from qeval.cells import Cell, plan
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
@@ -259,6 +260,10 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
     finally:
         for backend in list(ctx.baselines):
             ctx.close_baseline(backend)
+    if ctx.suite.divergence.enabled and not ctx.suite.divergence.keep_reference:  # once no candidate needs them
+        from qeval.engine_divergence import prune_references
+
+        prune_references(ctx, plan(suite))
     # Written once the cells are through: a resume stopped by bad input leaves the run directory as it was.
     record_step(store.root, "fetch and check assets" if not resume else "check assets (resume)", prepare_seconds)
     return store
@@ -322,18 +327,23 @@ def _run_cell_locked(ctx: Context, cell: Cell) -> None:
             steps["load"] = round(time.perf_counter() - started, 2)
             if cell.is_baseline:
                 looks.run_baseline(ctx, cell, ctx.baseline_lm(cell.backend), timings)
-            else:
-                # Divergence first: a candidate whose KL already FAILs is BLOCKed, so in an adaptive design
-                # its tasks stop after their first look.
-                if ctx.suite.divergence.enabled:
-                    with _timed(steps, "divergence"):
-                        run_divergence(ctx, cell, backend)
+            # Divergence before a candidate's tasks: one whose KL already FAILs is BLOCKed, so in an adaptive
+            # design its tasks stop after their first look. The baseline stores the reference and measures
+            # the engine's noise floor.
+            if ctx.suite.divergence.enabled:
+                with _timed(steps, "divergence"):
+                    run_divergence(ctx, cell, backend)
+            if not cell.is_baseline:
                 lm = QevalLM(backend, ctx.tokenizer, ctx.request_cache(cell, backend), label=cell.id)
                 looks.run_candidate(ctx, cell, lm, timings)
             if ctx.suite.latency.enabled and cell.backend in (ctx.suite.latency.backends or ctx.suite.backends):
                 with _timed(steps, "latency"):
                     run_latency(ctx, cell, backend)
             capabilities = backend.capabilities
+    except EngineUnavailable as exc:  # this engine cannot run here: NOT RUN with the reason, the run goes on
+        log.warning("%s: NOT RUN: %s", cell.id, exc.reason)
+        ctx.store.write_status(cell.id, {**exc.as_record(), "seconds": round(time.perf_counter() - started, 2)})
+        return
     except QevalError:
         raise  # bad input: the whole run stops with exit code 2 (nothing computed is lost)
     except Exception as exc:  # noqa: BLE001 - fault isolation: one cell's crash must not end the run
@@ -369,38 +379,16 @@ def compute_record(ctx: Context, capabilities: Any) -> dict[str, Any] | None:
 
 
 def run_divergence(ctx: Context, cell: Cell, backend: Any) -> None:
-    """KL / top-1 / PPL ratio of a candidate against the baseline on held-out text and task prompts."""
-    from qeval import divergence
-    from qeval.quantize import calibration_for
+    """KL / top-1 / PPL ratio of a cell on its own engine (qeval.engine_divergence): a baseline stores its
+    reference distributions and measures the engine's noise floor; a candidate is compared with them."""
+    from qeval import engine_divergence
 
     if ctx.store.read_json(cell.id, "divergence.json"):
         return
-    if cell.backend != "hf":
-        log.info("%s: divergence needs full distributions; computed on the hf backend only", cell.id)
-        return
-    reference = baseline_hf_backend(ctx)
-    spec = ctx.suite.divergence
-    record: dict[str, Any] = {"baseline": f"{ctx.suite.baseline}-hf", "simulated": True}
-    heldout = divergence.take_tokens(calibration_for(ctx).heldout, spec.heldout_tokens)
-    record["heldout"] = divergence.summarize(divergence.compare_backends(reference, backend, heldout))
-    prompts = divergence.task_prompt_sequences(ctx, spec.task_prompts)
-    if prompts:
-        record["task_prompts"] = divergence.summarize(divergence.compare_backends(reference, backend, prompts))
+    record = engine_divergence.run(ctx, cell, backend)
+    if "unavailable" in record:
+        log.warning("%s: no divergence: %s", cell.id, record["unavailable"])
     ctx.store.write_json(cell.id, "divergence.json", record)
-    h = record["heldout"]
-    log.info("%s: KLD %.4f (p99 %.3f), top-1 %.3f, PPL ratio %.3f on %d held-out tokens", cell.id,
-             h["kld_mean"], h["kld_p99"], h["top1_agree"], h["ppl_ratio"], h["n_tokens"])
-
-
-def baseline_hf_backend(ctx: Context) -> Any:
-    """The baseline on HF, loaded once per run (the reference of every divergence comparison)."""
-    from qeval.backends.hf import HFBackend, load_hf_model
-
-    if ctx.baseline_backend is None:
-        model = load_hf_model(ctx.model_dir, ctx.compute.dtype, trust_remote_code=ctx.suite.model.trust_remote_code)
-        ctx.baseline_backend = HFBackend(model, ctx.tokenizer, precision=ctx.suite.baseline,
-                                         max_length=ctx.suite.model.max_length)
-    return ctx.baseline_backend
 
 
 @contextlib.contextmanager

@@ -164,6 +164,15 @@ class DivergenceSpec(_Strict):
     heldout_tokens: PositiveInt = Field(2048, description="tokens of held-out text (from the calibration source's"
                                         " disjoint held-out split)")
     task_prompts: NonNegativeInt = Field(64, description="task prompts compared token by token (0: none)")
+    keep_reference: bool = Field(False, description=(
+        "keep each engine's stored baseline distributions (cells/<baseline>/reference/, tokens x vocabulary "
+        "x 4 bytes) after the run; by default they are deleted once every candidate on that engine has its "
+        "divergence"))
+    server_top_k: PositiveInt | Literal["full"] = Field(20, description=(
+        "log-probabilities per position asked of OpenAI-compatible servers (openai backend). Below the "
+        "vocabulary size the KL is a lower bound only (sound for BLOCK, never PASS); 'full' asks for the "
+        "whole vocabulary (exact, and heavy: one JSON entry per token per position); qeval passes "
+        "--max-logprobs to the `vllm serve` it starts, external servers may allow less (the record says)"))
 
 
 class ServerSpec(_Strict):

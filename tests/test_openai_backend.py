@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 
 from qeval.backends.base import GenerationRequest, LoglikelihoodRequest
@@ -339,3 +340,41 @@ server:
     write_reports(run_dir)
     leaked = [p for p in run_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert not leaked, f"the API key was written into {leaked}"
+
+
+@pytest.mark.slow
+def test_external_server_distributions_are_top_k_by_id_and_labelled_external(served: Server, qeval_model_dir: Path,
+                                                                             qeval_tokenizer: Any) -> None:
+    """A server qeval did not start: it caps log-probabilities at its max_logprobs (vLLM's default 20), so
+    the route is top-k and the KL from it a lower bound; tokens are matched by id (return_tokens_as_token_ids);
+    the capability record says "external" and what the API reports, never "real kernels"."""
+    from qeval import divergence
+    from qeval.backends.hf import HFBackend, load_hf_model
+    from qeval.backends.openai_server import EXTERNAL, OpenAIServerBackend
+
+    remote = OpenAIServerBackend(served.base_url, api_key=SECRET, top_k=50, vocab_size=49152)
+    caps = remote.capabilities
+    assert caps.kernels == {"bf16": EXTERNAL}
+    assert "external server" in caps.notes and "not started by qeval" in caps.notes
+    assert caps.engine_report["id"] == "smollm2" and caps.engine_report["max_model_len"] == 1024
+    assert caps.compute_dtype is None  # qeval cannot know it
+    seqs = [qeval_tokenizer("The capital of France is Paris. The capital of Italy is Rome.",
+                            add_special_tokens=False)["input_ids"],
+            qeval_tokenizer("def fib(n): return n if n < 2 else fib(n - 1) + fib(n - 2)",
+                            add_special_tokens=False)["input_ids"]]
+    served_d = remote.prompt_distributions(seqs)
+    route = remote.distribution_route
+    assert not route.exact and route.top_k == 20 and "the server allows 20" in route.detail
+    hf_d = HFBackend(load_hf_model(qeval_model_dir), qeval_tokenizer).prompt_distributions(seqs)
+    for s, d, h in zip(seqs, served_d, hf_d):
+        assert d.top_ids.shape == (len(s) - 1, 20) and d.full is None and d.floor is None
+        np.testing.assert_array_equal(d.targets, np.asarray(s[1:]))
+        # The same model on another engine: the same tokens on top, log-probabilities close.
+        assert (d.top_ids[:, 0] == h.top_ids[:, 0]).mean() > 0.9
+        assert np.abs(d.target_logprobs - h.target_logprobs).mean() < 0.1
+        assert (np.diff(d.top_logprobs, axis=1) <= 1e-6).all()  # sorted, most likely first
+    # Against itself: a lower bound of 0, and no upper side (a reader of the usual keys must not see it).
+    s = divergence.summarize(divergence.compare_distributions(zip(served_d, served_d)))
+    assert s["kld_kind"] == "bounds" and s["kld_mean"] == pytest.approx(0.0, abs=1e-4)
+    assert s["kld_upper"] is None and not divergence.has_upper_side(s) and s["top1_agree"] == 1.0
+    remote.close()

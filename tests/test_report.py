@@ -107,7 +107,15 @@ def test_results_carry_the_gates_decisions(run: dict) -> None:
     assert next(x for x in decision(r, "int8_sq-vllm")["rules"] if x["rule_id"] == "kld")["passed"] is False
     assert decision(r, "fp8_kv-vllm")["verdict"] == "INCONCLUSIVE"
     assert decision(r, "int4_awq_g64-hf")["label"] == "crashed: no results"
-    assert all(d["label"] == NOT_RUN_HERE for d in r["decisions"] if d["backend"] == "trtllm")
+    # TensorRT-LLM cells did not run (engine unavailable): no decision, NOT RUN in the matrix with the label
+    # from their status, the reason as measured in results.json, and the exit code says so.
+    assert not [d for d in r["decisions"] if d["backend"] == "trtllm"]
+    trt = [e for row in r["matrix"]["rows"] for e in row["cells"] if e["backend"] == "trtllm"]
+    assert trt and all(e["verdict"] == "NOT RUN" and e["label"] == NOT_RUN_HERE for e in trt)
+    assert {c["id"] for c in r["not_run"]} == {c["id"] for c in r["cells"] if c["backend"] == "trtllm"}
+    assert all("No module named 'tensorrt_llm'" in c["reason"] and c["probe"]["gpu"] == "none visible"
+               for c in r["not_run"])
+    assert set(run["outcome"].not_run) == {c["id"] for c in r["not_run"]}
     assert {d["label"] for d in r["decisions"] if d["backend"] == "hf" and d["candidate"] != "int4_awq_g64"} == \
         {SIMULATED_LABEL}
     assert decision(r, "nvfp4-vllm")["label"] == "emulated by the engine"
@@ -212,7 +220,7 @@ def test_markdown_decisions_equal_the_html_decisions(run: dict) -> None:
     page = _Decisions()
     page.feed(run["html"])
     from_results = [(d["candidate"], d["backend"], d["verdict"]) for d in run["results"]["decisions"]]
-    assert page.rows == from_results and len(page.rows) == 18
+    assert page.rows == from_results and len(page.rows) == 12  # 6 candidates x hf, vllm (trtllm: NOT RUN)
     assert md_decisions(run["md"]) == page.rows
 
 
@@ -238,7 +246,7 @@ def test_the_answer_separates_engines_from_simulation(run: dict) -> None:
     # only int8_wo clears the first steps on an engine; fp8 would ship at a per-cell alpha.
     assert "<b>int8_wo</b> ships on <b>vllm</b>" in answer
     assert "simulated quantization only (quality evidence, no engine): fp8_kv on hf, int8_wo on hf" in answer
-    assert "Not settled: fp8 on hf, fp8 on vllm, fp8_kv on vllm" in answer and "Not run here: trtllm" in answer
+    assert "Not settled: fp8 on hf, fp8 on vllm, fp8_kv on vllm" in answer and "Not run here: fp8 on trtllm" in answer
     assert "**int8_wo** ships on **vllm**" in run["md"]
     plural = build_results(write_run(run["dir"].parent / "per-cell", suite=suite_dict(
         gate={"margin": 5.0, "alpha": 0.05, "correction": "none", "max_kld_mean": 0.1, "max_flip_rate": 0.25})))
@@ -249,7 +257,9 @@ def test_html_says_how_each_cell_ran_and_signs_off(run: dict) -> None:
     html, r = run["html"], run["results"]
     for label in (SIMULATED_LABEL, NOT_RUN_HERE, "real kernels", "emulated by the engine", "crashed: no results"):
         assert label in html
-    assert "TensorRT-LLM cannot be installed on these machines" in html
+    assert "the engine could not run this cell on this machine" in html
+    not_run = html.split('id="not-run"', 1)[1].split("</table>", 1)[0]
+    assert "bf16-trtllm" in not_run and "No module named" in not_run and "gpu: none visible" in not_run
     signoff = html.split('id="signoff"', 1)[1]
     m = r["manifest"]
     for value in (m["model"]["sha256"], m["suite"]["sha256"], r["run"]["id"], "signed by (name, role)", "date",
@@ -280,7 +290,8 @@ def test_markdown_carries_the_key_numbers(run: dict) -> None:
     assert "| candidate | hf | vllm | trtllm |" in md
     t = decision(r, "fp8-vllm")["tasks"][0]
     assert f"{t['estimate']:+.2f} [{t['ci'][0]:+.2f}, {t['ci'][1]:+.2f}]" in md
-    assert "not run here" in md and SIMULATED_LABEL in md
+    assert NOT_RUN_HERE in md and SIMULATED_LABEL in md
+    assert "- NOT RUN bf16-trtllm: TensorRT-LLM does not import here" in md
     assert "Speed-up over bf16" in md and len(md) < 65_536  # a GitHub comment's limit
 
 
@@ -292,12 +303,17 @@ def test_junit_has_one_case_per_gate_rule(run: dict) -> None:
     assert len(suites) == 1
     ts = suites[0]
     rules = [(d, x) for d in run["results"]["decisions"] for x in d["rules"]]
+    not_run = run["results"]["not_run"]
     cases = ts.findall("testcase")
-    assert int(ts.get("tests")) == len(cases) == len(rules)
+    assert int(ts.get("tests")) == len(cases) == len(rules) + len(not_run)
     assert int(ts.get("failures")) == len(ts.findall("testcase/failure")) == sum(x["passed"] is False for _, x in rules)
-    assert int(ts.get("skipped")) == len(ts.findall("testcase/skipped")) == sum(x["passed"] is None for _, x in rules)
+    assert int(ts.get("skipped")) == len(ts.findall("testcase/skipped")) == \
+        sum(x["passed"] is None for _, x in rules) + len(not_run)
     assert [(c.get("classname"), c.get("name")) for c in cases] == \
-        [(f"qeval.release-check.{d['cell_id']}", x["rule_id"]) for d, x in rules]
+        [(f"qeval.release-check.{d['cell_id']}", x["rule_id"]) for d, x in rules] + \
+        [(f"qeval.release-check.{c['id']}", "not_run") for c in not_run]
+    trt = next(c for c in cases if c.get("classname").endswith("bf16-trtllm"))
+    assert trt.find("skipped").get("message").startswith("NOT RUN: TensorRT-LLM does not import here")
     kld = next(c for c in cases if c.get("classname").endswith("int8_sq-vllm") and c.get("name") == "kld")
     assert "FAIL" in kld.find("failure").text
 

@@ -92,6 +92,11 @@ def _flip(base: np.ndarray, q10: float, q01: float, rng: np.random.Generator) ->
     return np.where(base == 1, (u >= q10).astype(float), (u < q01).astype(float))
 
 
+TRT_REASON = "TensorRT-LLM does not import here (ModuleNotFoundError: No module named 'tensorrt_llm')"
+ROUTES = {"hf": {"name": "hf-full-vocabulary", "exact": True, "top_k": None, "detail": "transformers"},
+          "vllm": {"name": "vllm-prompt-logprobs-full", "exact": True, "top_k": None, "detail": "prompt_logprobs=-1"}}
+
+
 def _divergence(kld: float, top1: float, rng: np.random.Generator) -> dict[str, Any]:
     from qeval.divergence import TokenComparison, summarize
 
@@ -143,6 +148,7 @@ def write_run(root: Path, *, name: str = "release-check", seed: int = 7, suite: 
         shift: per candidate, an extra loss probability (a later run that regressed).
     """
     rng = np.random.default_rng(seed)
+    floor_rng = np.random.default_rng(seed + 1)  # its own stream: the other draws stay as they were
     suite = suite or suite_dict(name, tasks=TASKS + ((f"evil{XSS_SCRIPT}",) if xss else ()))
     run_dir = root / (run_id or f"{suite['name']}-20261122-120000")
     store = RunStore(run_dir)
@@ -171,8 +177,13 @@ def write_run(root: Path, *, name: str = "release-check", seed: int = 7, suite: 
                           "score_range": [0.0, 1.0], "source": "report test fixture"},
             "progress": {"looks_done": len(looks), "state": "complete", "verdict": None}} for t in truth}})
     for backend in suite["backends"]:
-        if backend == "trtllm":
-            continue  # not installable here: TensorRT-LLM cells have no results (ENVIRONMENT.md)
+        if backend == "trtllm":  # not installable here: every TensorRT-LLM cell ends NOT RUN, as the runner writes it
+            for cell in [c for c in cells if c.endswith("-trtllm")]:
+                store.write_status(cell, {"state": "not_run", "engine": "trtllm", "seconds": 0.01,
+                                          "reason": TRT_REASON, "fix": "install TensorRT-LLM on a GPU machine",
+                                          "probe": {"import tensorrt_llm": "ModuleNotFoundError: No module named "
+                                                    "'tensorrt_llm'", "gpu": "none visible"}})
+            continue
         kernels = "simulated" if backend == "hf" else None
         base_scores = {t: s if backend == "hf" else _flip(s, 0.01, 0.01, rng) for t, s in truth.items()}
         base_id = f"{suite['baseline']}-{backend}"
@@ -184,6 +195,14 @@ def write_run(root: Path, *, name: str = "release-check", seed: int = 7, suite: 
                                      "artifact": None})
         if backend == "vllm":
             store.write_json(base_id, "latency.json", _latency(1.0, rng))
+        floor = {"batch": {"description": "bf16 against itself, one sequence per engine call",
+                           "heldout": _divergence(0.0004 if backend == "vllm" else 1e-8, 0.999, floor_rng)}}
+        if backend == "vllm":
+            floor["cross_engine"] = {"hf": {"description": "KL(bf16 on hf || bf16 on vllm) on the same tokens",
+                                            "reference_cell": f"{suite['baseline']}-hf",
+                                            "heldout": _divergence(0.03, 0.97, floor_rng)}}
+        store.write_json(base_id, "divergence.json", {"role": "baseline", "engine": backend, "route": ROUTES[backend],
+                                                      "reference": {}, "noise_floor": floor})
         for cand in suite["candidates"]:
             cid = f"{cand}-{backend}"
             spec = CANDIDATES.get(cand, {"q10": 0.05, "q01": 0.05, "kld": 0.05, "top1": 0.9, "speed": 1.2})
@@ -202,8 +221,11 @@ def write_run(root: Path, *, name: str = "release-check", seed: int = 7, suite: 
                 "state": "ok", "seconds": 95.0, "task_seconds": {t: 31.0 for t in base_scores},
                 "kernels": {cand: kind}, "run_here": True, "notes": "",
                 "artifact": {"key": _h(cand, "artifact")[:32], "reused": False, "seconds": 24.5}})
-            div = {"baseline": base_id, "simulated": backend == "hf",
-                   "heldout": _divergence(spec["kld"] * (1.0 if backend == "hf" else 1.15), spec["top1"], rng)}
+            div = {"role": "candidate", "baseline": base_id, "engine": backend, "simulated": backend == "hf",
+                   "route": ROUTES[backend],
+                   "heldout": _divergence(spec["kld"] * (1.0 if backend == "hf" else 1.15), spec["top1"], rng),
+                   "noise_floor": {"batch": {"heldout": {"kld_kind": "exact", "kld_mean": floor["batch"]["heldout"][
+                       "kld_mean"], "n_tokens": 2048}}}}
             store.write_json(cid, "divergence.json", div)
             if backend == "vllm":
                 store.write_json(cid, "latency.json", _latency(spec["speed"], rng))
@@ -221,12 +243,11 @@ def test_written_run_is_paired_by_qeval_evidence(tmp_path: Path) -> None:
     # 5 candidates that ran x 2 backends that ran x 3 tasks, all 200 items paired.
     assert len(tasks) == 5 * 2 * 3 and {e.baseline_scores.size for e in tasks} == {N_ITEMS}
     errors = [e for e in run.evidence if isinstance(e, ErrorEvidence)]
-    crashed = {(e.candidate, e.backend) for e in errors if e.backend != "trtllm"}
+    crashed = {(e.candidate, e.backend) for e in errors}
     assert crashed == {("int4_awq_g64", "hf"), ("int4_awq_g64", "vllm")}
-    # TensorRT-LLM: nothing ran; the gate sees "the baseline cell has not run" for every candidate.
-    trt = [e for e in run.evidence if e.backend == "trtllm"]
-    assert len(trt) == len(CANDIDATES) and all(isinstance(e, ErrorEvidence) and "has not run" in e.cause
-                                               for e in trt)
+    # TensorRT-LLM: every cell NOT RUN (engine unavailable): no evidence, so no decision, not a crash.
+    assert not [e for e in run.evidence if e.backend == "trtllm"]
+    assert run.status["fp8-trtllm"]["state"] == "not_run"
     assert run.accuracy["bf16-hf"]["bigbench_mc_physics"]["n"] == N_ITEMS
     assert run.divergence["fp8-hf"]["heldout"]["n_tokens"] == 32 * 64
     assert {p["concurrency"] for p in run.latency["fp8-vllm"]["percentiles"]} == {1, 16}

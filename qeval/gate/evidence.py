@@ -101,8 +101,11 @@ class DivergenceEvidence:
         kld_se: standard error of kld_mean (clustered by sequence), where recorded; else it is
             read off kld_mean_ci (a 95% normal interval).
         bound: "exact" (full distributions), "lower_bound" (top-k coarse-graining: sound for FAIL
-            only) or "upper_bound" (sound for PASS only).
-        route: how the distributions were obtained (e.g. "hf full vocabulary").
+            only), "upper_bound" (sound for PASS only) or "bounds" (kld_mean/kld_se the lower bound,
+            kld_upper_mean/kld_upper_se the upper one).
+        route: how the distributions were obtained (e.g. "vllm-prompt-logprobs-full").
+        kld_upper_mean: the upper bound's mean where bound is "bounds".
+        kld_upper_se: its standard error.
     """
 
     candidate: str
@@ -116,6 +119,8 @@ class DivergenceEvidence:
     kld_se: float | None = None
     bound: str = "exact"
     route: str = ""
+    kld_upper_mean: float | None = None
+    kld_upper_se: float | None = None
 
     def se(self) -> float | None:
         """The SE of the mean KL: recorded, or from the recorded 95% interval."""

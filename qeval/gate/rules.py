@@ -191,6 +191,10 @@ def kld_pvalue(policy: GatePolicy, divs: Sequence[DivergenceEvidence]) -> float:
     dv = _kld_worst(divs)
     if dv is None or dv.bound == "lower_bound" or policy.max_kld_mean is None:
         return 1.0
+    if dv.bound == "bounds":  # the claim rests on the upper bound
+        if dv.kld_upper_mean is None or not dv.kld_upper_se:
+            return 1.0
+        return float(norm.sf((policy.max_kld_mean - dv.kld_upper_mean) / dv.kld_upper_se))
     se = dv.se()
     if se is None:
         return 1.0
@@ -211,6 +215,8 @@ def kld_rule(policy: GatePolicy, divs: Sequence[DivergenceEvidence], level: floa
     else:
         upper = dv.kld_mean + float(norm.isf(level)) * se
         lower = dv.kld_mean - float(norm.isf(policy.alpha)) * se
+    if dv.bound == "bounds" and dv.kld_upper_mean is not None and dv.kld_upper_se is not None:
+        upper = dv.kld_upper_mean + float(norm.isf(level)) * dv.kld_upper_se  # the upper bound's own upper end
     p = kld_pvalue(policy, divs)
     can_pass = dv.bound != "lower_bound" and se is not None
     can_fail = dv.bound != "upper_bound"

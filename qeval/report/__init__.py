@@ -15,9 +15,16 @@ from qeval.report.results import build_results, gate_run
 
 @dataclass(frozen=True)
 class ReportOutcome:
+    """What `qeval run` / `qeval report` print and exit with.
+
+    Attributes:
+        not_run: cell ids an engine could not run here (NOT RUN, with their reasons in `summary`).
+    """
+
     summary: str
     any_blocked: bool
     paths: dict[str, Path]
+    not_run: tuple[str, ...] = ()
 
 
 def write_reports(run_dir: Path) -> ReportOutcome:
@@ -36,9 +43,12 @@ def write_reports(run_dir: Path) -> ReportOutcome:
     write_html(results, paths["html"])
     lines = [f"{d['candidate']:>14} on {d['backend']:<8} {d['verdict']:<13} {d['summary']}"
              for d in results["decisions"]]
-    summary = "\n".join(["qeval gate:", *lines, f"report: {paths['html']}"])
+    not_run = [f"{c['id']:>22} NOT RUN       {c['reason']}" for c in results["not_run"]]
+    summary = "\n".join(["qeval gate:", *lines, *(["not run here:", *not_run] if not_run else []),
+                         f"report: {paths['html']}"])
     blocked = any(d["verdict"] == "BLOCK" for d in results["decisions"])
-    return ReportOutcome(summary=summary, any_blocked=blocked, paths=paths)
+    return ReportOutcome(summary=summary, any_blocked=blocked, paths=paths,
+                         not_run=tuple(c["id"] for c in results["not_run"]))
 
 
 __all__ = ["ReportOutcome", "build_results", "gate_run", "write_reports"]

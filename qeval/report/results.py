@@ -24,9 +24,11 @@ from qeval.store import RunStore, read_manifest
 
 SCHEMA_VERSION = "qeval.results/1"
 SIMULATED_LABEL = "simulated quantization (ModelOpt fake-quant)"
-NOT_RUN_HERE = "not run here"
+ENGINE_UNAVAILABLE_LABEL = "not run: engine unavailable here"
+NOT_RUN_HERE = ENGINE_UNAVAILABLE_LABEL  # the old name of this label
 REAL_LABEL = "real kernels"
 EMULATED_LABEL = "emulated by the engine"
+EXTERNAL_LABEL = "external server"
 CRASHED_LABEL = "crashed: no results"
 NOT_RUN_LABEL = "not run"
 
@@ -37,8 +39,11 @@ LABEL_MEANING = {
                     "format's, speed is not",
     SIMULATED_LABEL: "weights and activations rounded to the format by ModelOpt fake-quant, math in high precision: "
                      "measures quality, says nothing about speed",
-    NOT_RUN_HERE: "TensorRT-LLM cannot be installed on these machines: no engine was built and no number in this "
-                  "report comes from it",
+    ENGINE_UNAVAILABLE_LABEL: "the engine could not run this cell on this machine (not installed, no GPU, no kernels "
+                              "or no load path for the precision, as the cell's reason says it was measured): no "
+                              "number in this report comes from it",
+    EXTERNAL_LABEL: "an OpenAI-compatible server qeval did not start: qeval cannot see its kernels, dtype or build; "
+                    "the cell's notes say what its API reports, nothing more",
     CRASHED_LABEL: "the cell crashed; its cause is in the decisions table",
     NOT_RUN_LABEL: "the cell has no results in this run directory",
 }
@@ -73,17 +78,64 @@ def jsonable(value: Any) -> Any:
 
 
 def _cell_label(run: RunEvidence, cell_id: str, precision: str, backend: str) -> str:
+    """How a cell ran, from what its status recorded (what the run measured), never from the backend's name."""
     status = run.status.get(cell_id) or {}
-    if status.get("run_here") is False or backend == "trtllm":
-        return NOT_RUN_HERE
     if not status:
         return NOT_RUN_LABEL
+    if status.get("state") == "not_run" or status.get("run_here") is False:
+        return ENGINE_UNAVAILABLE_LABEL
     if status.get("state") == "error":
         return CRASHED_LABEL
     kind = (status.get("kernels") or {}).get(precision)
     if kind == "simulated":
         return SIMULATED_LABEL
-    return {"real": REAL_LABEL, "emulated": EMULATED_LABEL}.get(kind, kind or "kernels not recorded")
+    return {"real": REAL_LABEL, "emulated": EMULATED_LABEL, "external": EXTERNAL_LABEL}.get(
+        kind, kind or "kernels not recorded")
+
+
+def not_run_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells an engine could not run here, with the reason and what was measured."""
+    return [{"id": c["id"], "backend": c["backend"], "reason": c.get("reason") or c.get("cause") or "",
+             "fix": c.get("fix"), "probe": c.get("probe") or {}} for c in cells if c["state"] == "not_run"]
+
+
+def _kl_entry(cell: dict[str, Any], section: str) -> dict[str, Any] | None:
+    div = cell.get("divergence") or {}
+    s = div.get(section) or (div.get("lower_bound_only") or {}).get(section)
+    if not s or not s.get("n_tokens"):
+        return {"unavailable": div["unavailable"]} if div.get("unavailable") else None
+    floor = (div.get("noise_floor") or {})
+    return {"kld_mean": s["kld_mean"], "kld_mean_ci": s.get("kld_mean_ci"), "kld_kind": s["kld_kind"],
+            "kld_upper_mean": (s.get("kld_upper") or {}).get("kld_mean"), "top1_agree": s["top1_agree"],
+            "ppl_ratio": s["ppl_ratio"], "n_tokens": s["n_tokens"], "route": (div.get("route") or {}).get("name"),
+            "exact": (div.get("route") or {}).get("exact"), "simulated": div.get("simulated"),
+            "floor_batch": (floor.get("batch") or {}).get(section),
+            "floor_cross": {o: e.get(section) for o, e in (floor.get("cross_engine") or {}).items() if e.get(section)}}
+
+
+def distribution_table(cells: list[dict[str, Any]], candidates: list[str], backends: list[str]) -> dict[str, Any]:
+    """Each candidate's KL per engine beside that engine's noise floor (and the cross-engine floor), per text.
+
+    Only numbers from the cells' divergence records, regrouped: the hf (simulated) and engine KL of one
+    precision sit in one row.
+    """
+    by_id = {c["id"]: c for c in cells}
+    rows = []
+    for section in ("heldout", "task_prompts"):
+        for cand in candidates:
+            entries = {be: _kl_entry(by_id.get(f"{cand}-{be}") or {}, section) for be in backends}
+            if any(entries.values()):
+                rows.append({"section": section, "candidate": cand, "by_backend": entries})
+    floors = {}
+    for be in backends:
+        base = next((c for c in cells if c["baseline"] and c["backend"] == be), None)
+        floor = ((base or {}).get("divergence") or {}).get("noise_floor")
+        if floor:
+            floors[be] = {"batch": {k: v for k, v in floor.get("batch", {}).items() if isinstance(v, dict)},
+                          "batch_description": floor.get("batch", {}).get("description"),
+                          "cross_engine": floor.get("cross_engine") or {},
+                          "route": ((base or {}).get("divergence") or {}).get("route")}
+    return {"rows": rows, "floors": floors}
 
 
 def _interval(scores: np.ndarray, confidence: float = 0.95) -> tuple[float, float, str]:
@@ -227,7 +279,10 @@ def build_results(run_dir: Path) -> dict[str, Any]:
         status = run.status.get(cell.id)
         cells.append({
             "id": cell.id, "precision": cell.precision, "backend": cell.backend, "baseline": cell.is_baseline,
-            "state": (status or {}).get("state", "not run"), "cause": (status or {}).get("cause"),
+            "state": (status or {}).get("state", "not run"),
+            "cause": (status or {}).get("cause") or (status or {}).get("reason"),
+            "reason": (status or {}).get("reason"), "fix": (status or {}).get("fix"),
+            "probe": (status or {}).get("probe"),
             "seconds": (status or {}).get("seconds"),
             "label": _cell_label(run, cell.id, cell.precision, cell.backend),
             "description": precisions.get(cell.precision).description,
@@ -254,5 +309,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
         "decisions": out_decisions,
         "matrix": _matrix(run, out_decisions),
         "how_it_ran": _how_it_ran(cells),
+        "not_run": not_run_cells(cells),
+        "distribution": distribution_table(cells, list(run.suite.candidates), list(run.suite.backends)),
         "pareto": pareto(out_decisions, {c["id"]: c for c in cells}, run.suite.baseline),
     })

@@ -38,7 +38,7 @@ def headline(r: dict[str, Any]) -> dict[str, Any]:
         for e in row["cells"]:
             cand = row["candidate"]
             if e["label"] == NOT_RUN_HERE:
-                not_run.add(e["backend"])
+                not_run.add(f"{cand} on {e['backend']}")
             elif e["verdict"] == "SHIP" and e["label"] == SIMULATED_LABEL:
                 ship_sim.append(f"{cand} on {e['backend']}")
             elif e["verdict"] == "SHIP":
@@ -105,22 +105,44 @@ def pairing_summary(r: dict[str, Any]) -> dict[str, Any] | None:
             "agree": len(rows) - len(disagree), "disagree": disagree}
 
 
+SECTION_TEXT = {"heldout": "held-out text", "task_prompts": "task prompts"}
+
+
 def divergence_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per candidate cell and text (held-out, task prompts) with a divergence summary."""
+    """One row per candidate cell and text (held-out, task prompts) with a divergence summary; a section whose
+    KL is only a lower bound is included, flagged (`bound_only`)."""
     out = []
     for c in r["cells"]:
         div = c.get("divergence") or {}
-        for key, text in (("heldout", "held-out text"), ("task_prompts", "task prompts")):
-            s = div.get(key)
+        for key, text in SECTION_TEXT.items():
+            s, bound_only = div.get(key), False
+            if not s:
+                s, bound_only = (div.get("lower_bound_only") or {}).get(key), True
             if s and s.get("n_tokens"):
-                out.append({"cell": c, "text": text, "s": s, "simulated": div.get("simulated")})
+                out.append({"cell": c, "text": text, "s": s, "simulated": div.get("simulated"),
+                            "bound_only": bound_only, "route": div.get("route") or {}})
     return out
 
 
+def kl_value(s: dict[str, Any] | None) -> dict[str, Any]:
+    """How a section's mean KL reads: "=" exact, ">=" a lower bound (with the upper bound where one exists)."""
+    if not s:
+        return {"rel": "", "mean": None, "ci": None, "upper": None}
+    bounds = s.get("kld_kind") == "bounds"
+    return {"rel": ">=" if bounds else "", "mean": s.get("kld_mean"), "ci": s.get("kld_mean_ci"),
+            "upper": (s.get("kld_upper") or {}).get("kld_mean") if bounds else None}
+
+
+def unavailable_divergence(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"cell": c, "reason": (c.get("divergence") or {})["unavailable"]} for c in r["cells"]
+            if (c.get("divergence") or {}).get("unavailable")]
+
+
 def kld_plot_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"label": f"{x['cell']['precision']} on {x['cell']['backend']}", "mean": x["s"]["kld_mean"],
-             "ci": x["s"].get("kld_mean_ci"), "p90": x["s"].get("kld_p90"), "p99": x["s"].get("kld_p99"),
-             "p999": x["s"].get("kld_p999"), "n_tokens": x["s"]["n_tokens"]}
+    return [{"label": f"{x['cell']['precision']} on {x['cell']['backend']}"
+                      + (" (lower bound)" if x["bound_only"] else ""), "mean": x["s"]["kld_mean"],
+             "ci": x["s"].get("kld_mean_ci") if not x["bound_only"] else None, "p90": x["s"].get("kld_p90"),
+             "p99": x["s"].get("kld_p99"), "p999": x["s"].get("kld_p999"), "n_tokens": x["s"]["n_tokens"]}
             for x in divergence_rows(r) if x["text"] == "held-out text"]
 
 
