@@ -53,13 +53,22 @@ def parse_inconclusive(value: str) -> str:
     return value
 
 
+def parse_report_dir(value: str) -> str:
+    """The report dir option: a path, never one holding NUL or control characters (a mangled ini line)."""
+    bad = next((c for c in str(value) if not c.isprintable()), None)
+    if not str(value).strip() or bad is not None:
+        raise pytest.UsageError(f"qeval_report_dir={value!r}: expected a directory path"
+                                + (f" (it contains the control character {bad!r})" if bad else ""))
+    return str(value)
+
+
 quality_session_key = pytest.StashKey["QualitySession"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quality: a qeval gate rule (runs models; select with -m quality)")
     config.addinivalue_line("markers", "latency: a qeval latency SLO rule")
-    report_dir = config.getoption("--qeval-report-dir") or config.getini("qeval_report_dir")
+    report_dir = parse_report_dir(config.getoption("--qeval-report-dir") or config.getini("qeval_report_dir"))
     inconclusive = parse_inconclusive(config.getoption("--qeval-inconclusive") or config.getini("qeval_inconclusive"))
     extra = [Path(p).resolve() for p in config.getoption("--qeval-suite")]
     extra += [Path(p).resolve() for p in config.getini("qeval_suites")]
@@ -141,16 +150,24 @@ class QualitySession:
     def _run(self, suite: Any, suite_path: Path, cells: set[str]) -> SuiteRun:
         from qeval.report import gate_run
         from qeval.runner import run_suite
-        from qeval.suite import suite_hash
 
-        run_dir = self.report_dir / f"pytest-{suite.name}-{suite_hash(suite_path)[:10]}"
-        run = SuiteRun(suite=suite, suite_path=suite_path, run_dir=run_dir, cells=cells)
+        run = SuiteRun(suite=suite, suite_path=suite_path, run_dir=self.report_dir, cells=cells)
         try:
+            run.run_dir = run_dir = self.run_dir_for(suite, suite_path)
             run_suite(suite, suite_path, run_dir, resume=(run_dir / "manifest.json").exists(), only=cells)
             run.decisions = {f"{d.candidate}-{d.backend}": d for d in gate_run(run_dir)}
         except QevalError as err:
             run.error = err.render()
         return run
+
+    def run_dir_for(self, suite: Any, suite_path: Path) -> Path:
+        """`<report dir>/pytest-<suite>-<suite hash>`: directly under the report dir, whatever the suite says."""
+        from qeval.paths import check_name, under
+        from qeval.suite import suite_hash
+
+        name = check_name(suite.name, what="suite name", file=str(suite_path), field="name")
+        return under(self.report_dir, self.report_dir / f"pytest-{name}-{suite_hash(suite_path)[:10]}",
+                     what="run directory")
 
     def summary_lines(self) -> Iterator[str]:
         for run in self.runs.values():

@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
+from qeval.paths import check_name, under
 from qeval.store import RunStore, read_manifest, write_json_atomic
 from qeval.suite import Suite, suite_hash
 from qeval.timings import record_step
@@ -51,8 +52,14 @@ def plan(suite: Suite) -> list[Cell]:
 
 
 def new_run_dir(reports_dir: Path, suite: Suite) -> Path:
-    """A fresh, dated run directory name (never an existing one)."""
-    return reports_dir / f"{suite.name}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    """A fresh, dated run directory name (never an existing one), always directly under `reports_dir`.
+
+    The suite name was checked at load (qeval.paths rule); checked again here because this is where it
+    becomes a path, and a Suite can be built without load_suite.
+    """
+    name = check_name(suite.name, what="suite name", field="name")
+    run_dir = reports_dir / f"{name}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    return under(reports_dir, run_dir, what="run directory")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from qeval import precisions
 from qeval.backends import BACKENDS
 from qeval.errors import QevalError
 from qeval.gate import GatePolicy
+from qeval.paths import SAFE_NAME_RULE, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ class FieldProblem(ValueError):
     def __init__(self, problem: str, fix: str) -> None:
         super().__init__(problem)
         self.fix = fix
+
+
+def _safe_file_name(value: str, what: str) -> str:
+    """A value that becomes part of a file or directory name (run dir, sample file): never a path."""
+    problem = name_problem(value)
+    if problem is not None:
+        raise FieldProblem(f"{what} {value!r} cannot be used in a file name: {problem}", f"use {SAFE_NAME_RULE}")
+    return value
 
 
 def _known_precision(name: str) -> None:
@@ -73,6 +82,12 @@ class TaskSpec(_Strict):
     limit: PositiveInt | None = Field(None, description="first N documents (None: all)")
     num_fewshot: NonNegativeInt = 0
     metric: str = Field("acc", description="the per-sample metric the gate compares (acc, acc_norm, exact_match ...)")
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe_name(cls, name: str) -> str:
+        # The task name names its per-sample file (cells/<cell>/samples/<task>.jsonl).
+        return _safe_file_name(name, "task name")
 
 
 class LatencySpec(_Strict):
@@ -156,6 +171,12 @@ class Suite(_Strict):
         "candidates that vLLM (vllm and openai backends) quantizes itself at load time from the bf16 model "
         "(e.g. fp8 -> quantization='fp8') instead of loading ModelOpt's checkpoint"))
     seeds: Seeds = Field(default_factory=Seeds)
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe_suite_name(cls, name: str) -> str:
+        # The suite name starts the run directory's name (reports/<name>-<time>): never a path.
+        return _safe_file_name(name, "suite name")
 
     @field_validator("baseline")
     @classmethod
