@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
 from qeval.paths import check_name, under
-from qeval.store import RunStore, read_manifest, write_json_atomic
+from qeval.store import RunStore, read_manifest, write_bytes_atomic, write_json_atomic
 from qeval.suite import Suite, suite_hash
 from qeval.timings import record_step
 
@@ -218,7 +218,7 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
     cells = plan(suite)
     ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager)
     if not resume:
-        (store.root / "suite.yaml").write_bytes(suite_path.read_bytes())
+        write_bytes_atomic(store.root / "suite.yaml", suite_path.read_bytes())
         write_json_atomic(store.root / "manifest.json", build_manifest(
             run_id=store.root.name, suite_name=suite.name, suite_path=suite_path, suite_hash=sha,
             model_source=suite.model.source, model_hash=weights_hash,

@@ -13,6 +13,9 @@ from pathlib import Path
 from qeval.report.results import build_results, gate_run
 
 
+REPORT_FILES = {"json": "results.json", "md": "report.md", "junit": "junit.xml", "html": "report.html"}
+
+
 @dataclass(frozen=True)
 class ReportOutcome:
     summary: str
@@ -24,14 +27,16 @@ def write_reports(run_dir: Path) -> ReportOutcome:
     from qeval.report.html import write_html
     from qeval.report.junit import write_junit
     from qeval.report.markdown import render_markdown
-    from qeval.store import write_json_atomic
+    from qeval.paths import under
+    from qeval.store import write_json_atomic, write_text_atomic
 
     results = build_results(run_dir)
-    paths = {"json": run_dir / "results.json", "md": run_dir / "report.md",
-             "junit": run_dir / "junit.xml", "html": run_dir / "report.html"}
+    # Fixed names, checked to stay in the run directory; every file is written whole (temp + rename), so a
+    # reader, a crash or a second writer (pytest-xdist) never sees half a report.
+    paths = {kind: under(run_dir, run_dir / name, what="report")
+             for kind, name in REPORT_FILES.items()}
     write_json_atomic(paths["json"], results)
-    markdown = render_markdown(results)
-    paths["md"].write_text(markdown, encoding="utf-8")
+    write_text_atomic(paths["md"], render_markdown(results))
     write_junit(results, paths["junit"])
     write_html(results, paths["html"])
     lines = [f"{d['candidate']:>14} on {d['backend']:<8} {d['verdict']:<13} {d['summary']}"
@@ -41,4 +46,4 @@ def write_reports(run_dir: Path) -> ReportOutcome:
     return ReportOutcome(summary=summary, any_blocked=blocked, paths=paths)
 
 
-__all__ = ["ReportOutcome", "build_results", "gate_run", "write_reports"]
+__all__ = ["REPORT_FILES", "ReportOutcome", "build_results", "gate_run", "write_reports"]

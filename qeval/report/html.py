@@ -37,4 +37,6 @@ def render_html(results: dict[str, Any]) -> str:
 
 
 def write_html(results: dict[str, Any], path: Path) -> None:
-    path.write_text(render_html(results), encoding="utf-8")
+    from qeval.store import write_text_atomic
+
+    write_text_atomic(path, render_html(results))

@@ -22,4 +22,6 @@ def write_junit(results: dict[str, Any], path: Path) -> None:
         elif rule["passed"] is None:
             ET.SubElement(case, "skipped", message=f"INCONCLUSIVE: {rule['message']}"[:200])
         ET.SubElement(case, "system-out").text = rule["message"]
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    from qeval.store import write_bytes_atomic
+
+    write_bytes_atomic(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
