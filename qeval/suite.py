@@ -83,12 +83,6 @@ class TaskSpec(_Strict):
     num_fewshot: NonNegativeInt = 0
     metric: str = Field("acc", description="the per-sample metric the gate compares (acc, acc_norm, exact_match ...)")
 
-    @field_validator("name")
-    @classmethod
-    def _file_safe_name(cls, name: str) -> str:
-        # The task name names its per-sample file (cells/<cell>/samples/<task>.jsonl).
-        return _safe_file_name(name, "task name")
-
 
 class LatencySpec(_Strict):
     """Latency probes: load shapes and request sizes."""
@@ -172,12 +166,6 @@ class Suite(_Strict):
         "(e.g. fp8 -> quantization='fp8') instead of loading ModelOpt's checkpoint"))
     seeds: Seeds = Field(default_factory=Seeds)
 
-    @field_validator("name")
-    @classmethod
-    def _file_safe_suite_name(cls, name: str) -> str:
-        # The suite name starts the run directory's name (reports/<name>-<time>): never a path.
-        return _safe_file_name(name, "suite name")
-
     @field_validator("baseline")
     @classmethod
     def _known_baseline(cls, name: str) -> str:
@@ -224,8 +212,17 @@ class Suite(_Strict):
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
+        for i, task in enumerate(tasks):
+            # A task name names its per-sample file (cells/<cell>/samples/<task>.jsonl): never a path.
+            _safe_file_name(task.name, f"task name (tasks[{i}].name)")
         _no_duplicates([t.name for t in tasks], "task")
         return tasks
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe_suite_name(cls, name: str) -> str:
+        # The suite name starts the run directory's name (reports/<name>-<time>): never a path.
+        return _safe_file_name(name, "suite name")
 
     @property
     def precisions(self) -> list[str]:

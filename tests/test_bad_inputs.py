@@ -151,7 +151,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
     ("suite-name-absolute", _suite(GOOD.replace("name: t", "name: /tmp/qeval-escaped")),
      ["field 'name'", "path separator", "fix: use letters, digits"]),
     ("task-name-with-separator", _suite(GOOD.replace("bigbench_mc_physics", "../bigbench_mc_physics")),
-     ["field 'tasks[0].name'", "task name '../bigbench_mc_physics' cannot be used in a file name", "fix:"]),
+     ["field 'tasks'", "task name (tasks[0].name) '../bigbench_mc_physics' cannot be used in a file name", "fix:"]),
     ("unknown-field", _suite(GOOD + "tsks: []\n"), ["field 'tsks'", "did you mean 'tasks'", "allowed fields"]),
     ("unknown-precision", _suite(GOOD.replace("[int8_wo]", "[fp9]")),
      ["field 'candidates'", "unknown precision 'fp9'", "did you mean 'fp8'"]),

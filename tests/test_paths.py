@@ -103,7 +103,7 @@ def test_task_name_is_refused_at_load(tmp_path: Path, value: str) -> None:
     path.write_text(GOOD.replace("name: bigbench_mc_physics", f"name: {json.dumps(value)}"), encoding="utf-8")
     with pytest.raises(QevalError) as err:
         load_suite(path)
-    assert err.value.field == "tasks[0].name" and "task name" in err.value.problem, err.value.render()
+    assert err.value.field == "tasks" and "task name (tasks[0].name)" in err.value.problem, err.value.render()
 
 
 @pytest.mark.parametrize("value", ["../../../escaped", "/tmp/qeval-escaped-abs", "a/b", "a\0b", "a\nb", "a" * 300,
