@@ -26,6 +26,9 @@ def _offline_env() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from qeval.paths import confine_library_caches
+
+    confine_library_caches()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -53,9 +56,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise QevalError(f"{reports_dir} is not writable by this user", field="--reports-dir",
                          fix="pass a directory you can write to")
     run_dir = Path(args.resume) if resume else new_run_dir(reports_dir, suite)
-    store = run_suite(suite, suite_path, run_dir, resume=resume)
+    store = run_suite(suite, suite_path, run_dir, resume=resume,
+                      allow_changed=parse_allow_changed(args.allow_changed))
     print(f"run directory: {store.root}")
     return finish(store.root)
+
+
+def parse_allow_changed(values: list[str] | None) -> list[str]:
+    """--allow-changed, repeatable and comma-separated: `--allow-changed model.weights_sha256,versions`."""
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
 def finish(run_dir: Path) -> int:
@@ -105,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("suite", nargs="?", default=None, help="suite YAML path or built-in name (default: smoke)")
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="continue an interrupted run; recomputes nothing that finished")
+    run.add_argument("--allow-changed", metavar="FIELD", action="append", default=None,
+                     help="with --resume: let through a change of this recorded field (e.g. model.weights_sha256, "
+                          "or a group: versions) that you vouch leaves the results as they are; recorded in the "
+                          "manifest (repeatable, comma-separated; default: none, any change is refused)")
     run.add_argument("--reports-dir", default="reports", help="where run directories are created (default: reports)")
     run.set_defaults(func=cmd_run)
 

@@ -100,3 +100,17 @@ def cache_subdir(name: str) -> Path:
     path = under(cache_dir(), cache_dir() / name, what="cache folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# Caches that libraries qeval runs write by default under the home folder or /tmp; a run points them into
+# qeval's cache instead (where the user has not chosen a place), so everything a run writes is in its run
+# directory or in the cache (tests/test_written_paths.py walks it).
+LIBRARY_CACHES = {"MPLCONFIGDIR": "matplotlib", "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+                  "TRITON_CACHE_DIR": "triton", "VLLM_CACHE_ROOT": "vllm"}
+
+
+def confine_library_caches() -> None:
+    """Point the library caches of LIBRARY_CACHES under `cache_dir()/libs/`, unless the user set them."""
+    for var, name in LIBRARY_CACHES.items():
+        if not os.environ.get(var):
+            os.environ[var] = str(cache_subdir("libs") / name)

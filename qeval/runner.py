@@ -188,16 +188,46 @@ def check_resume(store: RunStore, suite_sha: str) -> None:
                          fix="resume with the same suite file, or start a new run")
 
 
+def resume_manifest(store: RunStore, now: dict[str, Any], artifacts: dict[str, dict[str, Any]],
+                    allow_changed: list[str]) -> tuple[dict[str, Any], bool]:
+    """The manifest of a resumed run, after refusing what it cannot reuse (qeval.identity).
+
+    Returns:
+        (the manifest, whether it changed and must be written): allowed changes are recorded in it, and the
+        artifacts of before an allowed change stay accepted for the records they produced.
+    """
+    from qeval import identity, provenance
+
+    manifest = read_manifest(store.root)
+    updated, allowed = identity.accept_resume(store.root, manifest, now, allow_changed)
+    before = manifest.get("artifacts") or {}
+    moved = sorted(c for c, a in artifacts.items() if c in before and before[c].get("key") != a.get("key"))
+    if moved and not allowed:  # a key that moved though nothing recorded did: refuse rather than guess
+        raise QevalError(f"cannot resume {store.root}: the artifact of {', '.join(moved)} is not the one its "
+                         f"records were made with ({before[moved[0]].get('key')} -> {artifacts[moved[0]].get('key')})",
+                         file=str(store.root / "manifest.json"), field=f"artifacts.{moved[0]}",
+                         fix="start a new run")
+    if "artifacts" in manifest:  # (a run older than the check has unstamped records: it stays unchecked)
+        updated["artifacts"] = provenance.merge_on_resume(before, artifacts)
+    return updated, updated != manifest
+
+
 def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = False,
-              only: set[str] | None = None) -> RunStore:
+              only: set[str] | None = None, allow_changed: list[str] | None = None) -> RunStore:
     """Run (or resume) a suite into `run_dir`.
 
     Args:
-        resume: continue a run directory that exists (same suite), reusing every finished result.
+        resume: continue a run directory that exists (same suite, same model, calibration, recipes, tool
+            versions and engine: qeval.identity), reusing every finished result.
         only: cell ids to run (the baselines they need are added); None runs the whole plan.
+        allow_changed: identity fields (or groups) whose change a resume lets through, recorded in the manifest.
     """
+    from qeval import identity, provenance
     from qeval.assets.model import model_hash
 
+    if allow_changed and not resume:
+        raise QevalError("--allow-changed applies to a resume only", field="--allow-changed",
+                         fix="add --resume RUN_DIR, or drop --allow-changed for a new run")
     sha = suite_hash(suite_path)
     store = RunStore(run_dir)
     if resume:
@@ -208,21 +238,32 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
     prepare_seconds = round(time.perf_counter() - t0, 2)
     weights_hash = model_hash(model_dir)  # a folder without weights is refused here, before the run dir exists
     tokenizer = load_tokenizer(model_dir, suite, suite_path)
-    if not resume:
+    cells = plan(suite)
+    ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager,
+                  model_hash=weights_hash)
+    # What the records will be made with, and by which artifact: recorded, or compared with the record on resume
+    # (refused there before anything is written).
+    now = identity.current(ctx, weights_hash)
+    artifacts = provenance.planned_artifacts(ctx, cells)
+    if resume:
+        manifest, changed = resume_manifest(store, now, artifacts, list(allow_changed or []))
+        if changed:
+            write_json_atomic(store.root / "manifest.json", manifest)
+    else:
         try:
             store.root.mkdir(parents=True, exist_ok=False)
         except OSError as exc:  # a parent that is a file, a read-only disk ...: say so, not a traceback
             raise QevalError(f"cannot create the run directory {store.root} ({type(exc).__name__}: "
                              f"{exc.strerror or exc})", field="--reports-dir",
                              fix="choose a reports directory you can write to") from None
-    cells = plan(suite)
-    ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager)
-    if not resume:
         write_bytes_atomic(store.root / "suite.yaml", suite_path.read_bytes())
-        write_json_atomic(store.root / "manifest.json", build_manifest(
+        manifest = build_manifest(
             run_id=store.root.name, suite_name=suite.name, suite_path=suite_path, suite_hash=sha,
             model_source=suite.model.source, model_hash=weights_hash,
-            seeds=suite.seeds.model_dump(), plan=[c.id for c in cells], compute=ctx.compute.as_record()))
+            seeds=suite.seeds.model_dump(), plan=[c.id for c in cells], compute=ctx.compute.as_record())
+        manifest.update(identity=now, artifacts=artifacts)
+        write_json_atomic(store.root / "manifest.json", manifest)
+    store.bind_artifacts({cell: entry.get("key") for cell, entry in manifest.get("artifacts", artifacts).items()})
     log.info("compute dtype: %s (%s)", ctx.compute.dtype, ctx.compute.reason)
     if only is not None:
         wanted_backends = {c.backend for c in cells if c.id in only}

@@ -162,6 +162,17 @@ class RunStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.artifact_keys: dict[str, str] = {}  # cell id -> key of the artifact producing its records
+
+    def bind_artifacts(self, keys: dict[str, str | None]) -> None:
+        """Stamp every record written from now on for these cells with their artifact's key (qeval.provenance)."""
+        self.artifact_keys.update({cell: key for cell, key in keys.items() if key})
+
+    def _stamped(self, cell: str, record: Any) -> Any:
+        key = self.artifact_keys.get(cell)
+        if key is None or not isinstance(record, dict) or "artifact_key" in record:
+            return record  # a record already stamped keeps the artifact that produced it
+        return {**record, "artifact_key": key}
 
     def _path(self, *parts: str, what: str = "file") -> Path:
         return under(self.root, self.root.joinpath(*parts), what=what)
@@ -182,7 +193,7 @@ class RunStore:
     def write_samples(self, cell: str, task: str, records: list[dict]) -> None:
         """Per-sample records of one task, written whole (atomic rename): a task's
         records exist completely or not at all, so `has_samples` means finished."""
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        data = "".join(json.dumps(self._stamped(cell, r), separators=(",", ":")) + "\n" for r in records)
         write_text_atomic(self.samples_path(cell, task), data)
 
     def read_samples(self, cell: str, task: str) -> list[dict]:
@@ -200,7 +211,7 @@ class RunStore:
         return under(self.root, self.cell_dir(cell) / check_name(name, what="record file name"), what="record")
 
     def write_json(self, cell: str, name: str, obj: Any) -> None:
-        write_json_atomic(self.json_path(cell, name), obj)
+        write_json_atomic(self.json_path(cell, name), self._stamped(cell, obj))
 
     def read_json(self, cell: str, name: str) -> Any:
         path = self.json_path(cell, name)
