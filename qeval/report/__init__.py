@@ -7,8 +7,10 @@ test case per gate rule) and report.html (for sign-off) into it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qeval.report.results import build_results, gate_run
 
@@ -23,11 +25,22 @@ class ReportOutcome:
     paths: dict[str, Path]
 
 
+def same_results(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two results documents say the same, apart from when they were generated and how the run dir was typed."""
+    def core(doc: dict[str, Any]) -> Any:
+        doc = json.loads(json.dumps(doc, sort_keys=True, default=str))
+        doc.pop("generated", None)
+        doc.get("run", {}).pop("dir", None)
+        return doc
+    return core(a) == core(b)
+
+
 def write_reports(run_dir: Path) -> ReportOutcome:
+    from qeval import signoff
+    from qeval.paths import under
     from qeval.report.html import write_html
     from qeval.report.junit import write_junit
     from qeval.report.markdown import render_markdown
-    from qeval.paths import under
     from qeval.store import write_json_atomic, write_text_atomic
 
     results = build_results(run_dir)
@@ -35,15 +48,31 @@ def write_reports(run_dir: Path) -> ReportOutcome:
     # reader, a crash or a second writer (pytest-xdist) never sees half a report.
     paths = {kind: under(run_dir, run_dir / name, what="report")
              for kind, name in REPORT_FILES.items()}
-    write_json_atomic(paths["json"], results)
-    write_text_atomic(paths["md"], render_markdown(results))
+    signed = signoff.load(run_dir)
+    previous = _read(paths["json"]) if signed else None
+    if previous is not None and same_results(previous, results):
+        results = previous  # a signed run's results.json is kept byte for byte while the records say the same
+    else:
+        write_json_atomic(paths["json"], results)
+    shown = signoff.view(run_dir, signed) if signed else None
+    write_text_atomic(paths["md"], render_markdown(results, signoff=shown))
     write_junit(results, paths["junit"])
-    write_html(results, paths["html"])
+    write_html(results, paths["html"], signoff=shown)
     lines = [f"{d['candidate']:>14} on {d['backend']:<8} {d['verdict']:<13} {d['summary']}"
              for d in results["decisions"]]
+    if shown:
+        lines.append(f"sign-off: {shown['status']}")
     summary = "\n".join(["qeval gate:", *lines, f"report: {paths['html']}"])
     blocked = any(d["verdict"] == "BLOCK" for d in results["decisions"])
     return ReportOutcome(summary=summary, any_blocked=blocked, paths=paths)
 
 
-__all__ = ["REPORT_FILES", "ReportOutcome", "build_results", "gate_run", "write_reports"]
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+__all__ = ["REPORT_FILES", "ReportOutcome", "same_results", "build_results", "gate_run", "write_reports"]
