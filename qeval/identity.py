@@ -100,6 +100,8 @@ def recipe_hash(precision: str) -> str:
         config = _canonical(precisions.modelopt_config(p))
     except ImportError as exc:  # no ModelOpt here: the entry alone identifies it, and says so
         config = f"ModelOpt not importable ({exc})"
+    except Exception as exc:  # noqa: BLE001 - a recipe that cannot expand fails in its own cell, not here
+        config = f"{type(exc).__name__}: {exc}"
     return _sha256({"entry": entry, "modelopt_config": config})
 
 

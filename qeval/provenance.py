@@ -48,6 +48,8 @@ def planned_artifact(ctx: Any, cell: Any) -> dict[str, Any]:
         return {"kind": kind, "key": artifact_key_for(ctx, cell.precision, kind)}
     except QevalError as err:  # e.g. no calibration set: the cell fails when it builds, with this reason
         return {"kind": kind, "key": None, "note": err.problem}
+    except Exception as exc:  # noqa: BLE001 - a recipe that cannot build fails in its own cell (ERROR), not here
+        return {"kind": kind, "key": None, "note": f"{type(exc).__name__}: {exc}"}
 
 
 def planned_artifacts(ctx: Any, cells: Iterable[Any]) -> dict[str, dict[str, Any]]:

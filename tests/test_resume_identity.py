@@ -34,6 +34,16 @@ def _edit_manifest(run: Path, **identity: object) -> None:
     (run / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _validate_manifest(manifest: dict) -> None:
+    """The manifest part of results.json against the checked-in schema (identity, artifacts, resumes)."""
+    import jsonschema
+
+    from qeval.report.schema import load_schema
+
+    schema = load_schema()
+    jsonschema.validate(manifest, {"$defs": schema["$defs"], **schema["$defs"]["Manifest"]})
+
+
 def test_a_resume_of_an_unchanged_run_is_accepted_and_changes_nothing(
         small_run_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = _manifest(small_run_copy)
@@ -80,6 +90,7 @@ def test_one_byte_of_the_weights_changed_refuses_the_resume_then_allow_changed_r
         assert manifest["artifacts"]["int8_wo-hf"]["accepted"] == [old_artifacts["int8_wo-hf"]["key"]]
         results = json.loads((small_run_copy / "results.json").read_text())
         assert all(r["kind"] != "error" for d in results["decisions"] for r in d["rules"]), results["decisions"]
+        _validate_manifest(results["manifest"])
         assert (small_run_copy / TASK_FILE).read_bytes() == kept[small_run_copy / TASK_FILE]
     finally:
         with open(weights, "r+b") as f:
