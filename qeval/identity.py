@@ -77,13 +77,9 @@ def model_files_hash(folder: Path) -> str:
 
 def calibration_hash(suite: Any) -> str | None:
     """The calibration set's identity: its definition and every source text (a hub source: its definition)."""
-    from qeval.calibration import HubSource, _texts, load_spec
+    from qeval.calibration import definition_hash
 
-    if suite.calibration is None:
-        return None
-    spec, path = load_spec(suite.calibration)
-    texts = None if isinstance(spec.source, HubSource) else _texts(spec, path, [t.name for t in suite.tasks])
-    return _sha256({"spec": spec.model_dump(), "texts": texts})
+    return None if suite.calibration is None else definition_hash(suite.calibration, [t.name for t in suite.tasks])
 
 
 def recipe_hash(precision: str) -> str:

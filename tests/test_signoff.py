@@ -90,7 +90,8 @@ def test_re_reporting_a_signed_run_keeps_results_json_and_the_sign_off_valid(
 @pytest.mark.parametrize("change, named", [
     (lambda run: (run / "manifest.json").write_bytes((run / "manifest.json").read_bytes() + b" "),
      "changed: manifest.json"),
-    (lambda run: (run / "results.json").write_bytes((run / "results.json").read_bytes() + b"\n"), "changed: results.json"),
+    (lambda run: (run / "results.json").write_bytes((run / "results.json").read_bytes() + b"\n"),
+     "changed: results.json"),
     (lambda run: (run / f"cells/{CELL}/latency.json").unlink(), f"removed: cells/{CELL}/latency.json"),
     (lambda run: (run / f"cells/{CELL}/samples/bigbench_mc_extra.jsonl").write_text('{"doc_id": 0}\n'),
      f"added:   cells/{CELL}/samples/bigbench_mc_extra.jsonl"),
