@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -24,10 +25,11 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
-from qeval.paths import cache_subdir
+from qeval.paths import cache_subdir, under
 
 log = logging.getLogger(__name__)
 MANIFEST = "artifact.json"
+_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 def tool_versions() -> dict[str, str | None]:
@@ -96,8 +98,10 @@ def get_or_build(key: str, build: Callable[[Path], dict[str, Any]], *, label: st
     Returns:
         (folder, built): built is False when the cache was reused.
     """
+    if not _KEY.fullmatch(key):  # the key names a folder of the cache: only a sha256 may
+        raise ValueError(f"artifact key {key!r} is not a sha256 hex digest")
     root = cache_subdir("artifacts")
-    folder = root / key
+    folder = under(root, root / key, what="artifact folder")
     with FileLock(str(root / f"{key}.lock")):
         if folder.exists():
             problem = verify(folder)

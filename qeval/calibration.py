@@ -164,6 +164,15 @@ def check_calibration(name_or_path: str, eval_tasks: list[str], *, suite_file: s
         raise
 
 
+def definition_hash(name_or_path: str, eval_tasks: list[str]) -> str:
+    """sha256 of a set's definition and every source text, without a tokenizer: what a resume compares
+    (qeval.identity). A hub source is identified by its definition only (its content needs the network)."""
+    spec, path = load_spec(name_or_path)
+    texts = None if isinstance(spec.source, HubSource) else _texts(spec, path, eval_tasks)
+    payload = json.dumps({"spec": spec.model_dump(), "texts": texts}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 def load_calibration(name_or_path: str, eval_tasks: list[str], tokenizer: Any) -> CalibrationSet:
     """Load a set, refuse overlap with `eval_tasks`, and split it into calibration / held-out tokens."""
     spec, path = load_spec(name_or_path)

@@ -1,11 +1,12 @@
-"""Command line: `qeval run | plan | report | compare | fetch`.
+"""Command line: `qeval run | plan | report | compare | sign-off | verify | fetch`.
 
 Exit codes: 0 the run finished, no candidate is blocked and every cell ran;
-1 a candidate is BLOCKed or a cell ended in ERROR; 2 bad input (the message
-names the file, the field and the fix; nothing already computed is lost);
-3 nothing is blocked, but an engine could not run some cells here (NOT RUN:
-not installed, no GPU, no kernels or load path for the precision; the report
-and the printed summary list them with the reason as measured). 1 wins over 3.
+1 a candidate is BLOCKed or a cell ended in ERROR (`verify`: something changed
+since the sign-off); 2 bad input (the message names the file, the field and the
+fix; nothing already computed is lost); 3 nothing is blocked, but an engine could
+not run some cells here (NOT RUN: not installed, no GPU, no kernels or load path
+for the precision; the report and the printed summary list them with the reason
+as measured). 1 wins over 3.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def _offline_env() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from qeval.paths import confine_library_caches
+
+    confine_library_caches()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -57,9 +61,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise QevalError(f"{reports_dir} is not writable by this user", field="--reports-dir",
                          fix="pass a directory you can write to")
     run_dir = Path(args.resume) if resume else new_run_dir(reports_dir, suite)
-    store = run_suite(suite, suite_path, run_dir, resume=resume)
+    store = run_suite(suite, suite_path, run_dir, resume=resume,
+                      allow_changed=parse_allow_changed(args.allow_changed))
     print(f"run directory: {store.root}")
     return finish(store.root)
+
+
+def parse_allow_changed(values: list[str] | None) -> list[str]:
+    """--allow-changed, repeatable and comma-separated: `--allow-changed model.weights_sha256,versions`."""
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
 def finish(run_dir: Path) -> int:
@@ -85,6 +95,42 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise QevalError(f"{run_dir} is not a qeval run directory (no manifest.json)", field="RUN_DIR",
                          fix="pass a directory that `qeval run` created under reports/")
     return finish(run_dir)
+
+
+def _run_dir_arg(value: str) -> Path:
+    run_dir = Path(value)
+    if not (run_dir / "manifest.json").is_file():
+        raise QevalError(f"{run_dir} is not a qeval run directory (no manifest.json)", field="RUN_DIR",
+                         fix="pass a directory that `qeval run` created under reports/")
+    return run_dir
+
+
+def cmd_signoff(args: argparse.Namespace) -> int:
+    """Sign a run: signoff.json binds who, when, what and the sha256 of its evidence; the reports show it."""
+    from qeval import signoff
+    from qeval.report import write_reports
+
+    run_dir = _run_dir_arg(args.run_dir)
+    record = signoff.sign(run_dir, by=args.by, decisions=signoff.parse_decisions(args.decision), note=args.note)
+    for d in record["decisions"]:
+        if d["overrides_gate"]:
+            print(f"qeval: warning: {d['decision']} {d['cell']} goes against the gate ({d['gate_verdict']}); "
+                  "recorded as the signer's override", file=sys.stderr)
+    outcome = write_reports(run_dir)
+    print(f"signed {record['run_id']} by {record['signed_by']} at {record['signed_at']}: "
+          + ", ".join(f"{d['decision']} {d['cell']}" for d in record["decisions"]))
+    print(f"evidence sha256 {record['evidence_sha256']} ({len(record['files'])} files); "
+          f"signoff: {run_dir / signoff.SIGNOFF_FILE}; report: {outcome.paths['html']}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Recompute a signed run's hashes and verdicts: exit 0 when nothing changed since the sign-off, else 1."""
+    from qeval import signoff
+
+    check = signoff.verify(_run_dir_arg(args.run_dir))
+    print("\n".join(check.lines()))
+    return EXIT_OK if check.ok else EXIT_BLOCKED
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -127,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("suite", nargs="?", default=None, help="suite YAML path or built-in name (default: smoke)")
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="continue an interrupted run; recomputes nothing that finished")
+    run.add_argument("--allow-changed", metavar="FIELD", action="append", default=None,
+                     help="with --resume: let through a change of this recorded field (e.g. model.weights_sha256, "
+                          "or a group: versions) that you vouch leaves the results as they are; recorded in the "
+                          "manifest (repeatable, comma-separated; default: none, any change is refused)")
     run.add_argument("--reports-dir", default="reports", help="where run directories are created (default: reports)")
     run.set_defaults(func=cmd_run)
 
@@ -149,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a")
     compare.add_argument("run_b")
     compare.set_defaults(func=cmd_compare)
+
+    sign = sub.add_parser("sign-off", help="sign a run: bind who approved what to the sha256 of its evidence")
+    sign.add_argument("run_dir", metavar="RUN_DIR")
+    sign.add_argument("--by", required=True, metavar="NAME", help="who signs (name, role)")
+    sign.add_argument("--decision", action="append", default=None, metavar="ACTION:CELL",
+                      help="ship:CELL or block:CELL, e.g. ship:fp8-vllm,block:int8_sq-hf (repeatable; default: "
+                           "the gate's verdicts, ship what it SHIPs)")
+    sign.add_argument("--note", default=None, metavar="TEXT", help="a note kept with the sign-off (default: none)")
+    sign.set_defaults(func=cmd_signoff)
+
+    verify = sub.add_parser("verify", help="check a signed run: exit 0 if nothing changed since the sign-off, "
+                                           "1 if anything did (names it)")
+    verify.add_argument("run_dir", metavar="RUN_DIR")
+    verify.set_defaults(func=cmd_verify)
 
     fetch = sub.add_parser("fetch", help="bring the offline model and BIG-bench tasks into the cache")
     fetch.set_defaults(func=cmd_fetch)

@@ -45,6 +45,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from qeval.errors import QevalError
+from qeval.paths import name_problem
 
 ENGINES = ("trtllm", "vllm", "hf")
 ARCHS = ("ampere", "ada", "hopper", "blackwell", "cpu")
@@ -136,6 +137,10 @@ def register(precision: Precision) -> Precision:
     """Add one entry to the registry (names are unique)."""
     if precision.name in PRECISIONS:
         raise ValueError(f"precision {precision.name!r} is registered twice")
+    # A precision names its cells' directories (cells/<precision>-<backend>): never a path.
+    problem = name_problem(precision.name)
+    if problem is not None:
+        raise ValueError(f"precision {precision.name!r} cannot be used in a file name: {problem}")
     for k in precision.kernels:
         if k.engine not in ENGINES or k.arch not in ARCHS or k.kind not in KINDS:
             raise ValueError(f"precision {precision.name!r}: bad kernel record {k}")

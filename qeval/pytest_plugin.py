@@ -9,9 +9,16 @@ session, and asks the gate) and in the items, which only look up their rule.
     pytest -m quality --qeval-inconclusive=fail --junitxml=gate.xml
 
 Node ids read `suites/smoke.yaml::fp8-hf::bigbench_mc_physics`, so -k, -x,
---lf, --junitxml and pytest-xdist work as usual. Runs land in
+--lf and --junitxml work as usual. Runs land in
 `<report dir>/pytest-<suite>-<suite hash>` and are resumed by the next
 session: re-running a failed item recomputes nothing that finished.
+
+Under pytest-xdist (`-n 2`) every worker collects every item; one process at a
+time runs and gates a suite's run directory (a file lock beside it), so the
+first worker computes and the others wait, resume the finished run and gate
+the same records: the verdicts of `-n 0`. Workers write no reports; the
+controller writes them once, atomically, for the run directories its workers
+name (`workeroutput`).
 """
 
 from __future__ import annotations
@@ -53,18 +60,29 @@ def parse_inconclusive(value: str) -> str:
     return value
 
 
+def parse_report_dir(value: str) -> str:
+    """The report dir option: a path, never one holding NUL or control characters (a mangled ini line)."""
+    bad = next((c for c in str(value) if not c.isprintable()), None)
+    if not str(value).strip() or bad is not None:
+        raise pytest.UsageError(f"qeval_report_dir={value!r}: expected a directory path"
+                                + (f" (it contains the control character {bad!r})" if bad else ""))
+    return str(value)
+
+
 quality_session_key = pytest.StashKey["QualitySession"]()
+WORKER_OUTPUT_KEY = "qeval_run_dirs"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quality: a qeval gate rule (runs models; select with -m quality)")
     config.addinivalue_line("markers", "latency: a qeval latency SLO rule")
-    report_dir = config.getoption("--qeval-report-dir") or config.getini("qeval_report_dir")
+    report_dir = parse_report_dir(config.getoption("--qeval-report-dir") or config.getini("qeval_report_dir"))
     inconclusive = parse_inconclusive(config.getoption("--qeval-inconclusive") or config.getini("qeval_inconclusive"))
     extra = [Path(p).resolve() for p in config.getoption("--qeval-suite")]
     extra += [Path(p).resolve() for p in config.getini("qeval_suites")]
     config.stash[quality_session_key] = QualitySession(
-        report_dir=Path(config.rootpath, report_dir), inconclusive=inconclusive, explicit_suites=extra)
+        report_dir=Path(config.rootpath, report_dir), inconclusive=inconclusive, explicit_suites=extra,
+        xdist_worker=hasattr(config, "workerinput"))
     # Suites named by option are collected like command-line paths.
     for path in extra:
         if str(path) not in config.args:
@@ -80,17 +98,33 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     quality = config.stash.get(quality_session_key, None)
-    if quality is None or not quality.runs:
+    lines = list(quality.summary_lines()) if quality is not None else []
+    if not lines:
         return
     terminalreporter.section("qeval gate")
-    for line in quality.summary_lines():
+    for line in lines:
         terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     quality = session.config.stash.get(quality_session_key, None)
+    if quality is None:
+        return
+    if quality.xdist_worker:
+        # Under pytest-xdist the controller writes the reports, once: a worker only says which runs it used.
+        session.config.workeroutput[WORKER_OUTPUT_KEY] = sorted(str(r.run_dir) for r in quality.runs.values()
+                                                                if r.error is None)
+        return
+    quality.write_reports()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist, on the controller: a worker finished; note the run directories it gated."""
+    quality = node.config.stash.get(quality_session_key, None)
+    output = getattr(node, "workeroutput", None) or {}
     if quality is not None:
-        quality.write_reports()
+        quality.worker_run_dirs.update(Path(p) for p in output.get(WORKER_OUTPUT_KEY, []))
 
 
 # -- the work -----------------------------------------------------------------
@@ -110,11 +144,15 @@ class SuiteRun:
 class QualitySession:
     """Runs what the selected items need, once per session, and keeps the decisions."""
 
-    def __init__(self, report_dir: Path, inconclusive: str, explicit_suites: list[Path]) -> None:
+    def __init__(self, report_dir: Path, inconclusive: str, explicit_suites: list[Path],
+                 xdist_worker: bool = False) -> None:
         self.report_dir = report_dir
         self.inconclusive = inconclusive
         self.explicit_suites = explicit_suites
+        self.xdist_worker = xdist_worker
         self.runs: dict[Path, SuiteRun] = {}
+        self.worker_run_dirs: set[Path] = set()  # on an xdist controller: the runs its workers gated
+        self.reported: dict[Path, Any] = {}  # run dir -> qeval.report.ReportOutcome, once written
 
     def is_suite_file(self, path: Path) -> bool:
         """Named by option, or a YAML under a `suites/` folder that looks like a suite."""
@@ -141,16 +179,49 @@ class QualitySession:
     def _run(self, suite: Any, suite_path: Path, cells: set[str]) -> SuiteRun:
         from qeval.report import gate_run
         from qeval.runner import run_suite
-        from qeval.suite import suite_hash
 
-        run_dir = self.report_dir / f"pytest-{suite.name}-{suite_hash(suite_path)[:10]}"
-        run = SuiteRun(suite=suite, suite_path=suite_path, run_dir=run_dir, cells=cells)
+        run = SuiteRun(suite=suite, suite_path=suite_path, run_dir=self.report_dir, cells=cells)
         try:
-            run_suite(suite, suite_path, run_dir, resume=(run_dir / "manifest.json").exists(), only=cells)
-            run.decisions = {f"{d.candidate}-{d.backend}": d for d in gate_run(run_dir)}
+            run.run_dir = run_dir = self.run_dir_for(suite, suite_path)
+            # One process at a time runs and gates a suite's run directory: under pytest-xdist the first worker
+            # to need it computes, the others wait here, then resume the finished run (recomputing nothing)
+            # and gate the same records, so every worker reaches the verdicts a single process would.
+            with self._run_lock(run_dir):
+                run_suite(suite, suite_path, run_dir, resume=(run_dir / "manifest.json").exists(), only=cells)
+                run.decisions = {f"{d.candidate}-{d.backend}": d for d in gate_run(run_dir)}
         except QevalError as err:
             run.error = err.render()
+            if "--resume" in (err.fix or ""):  # a refused resume: the plugin's own fix, not the CLI's
+                run.error += (f"\n  (pytest: the records in {run.run_dir} were made with other inputs; delete that "
+                              "directory to rerun from scratch, or resume it once with `qeval run --resume "
+                              f"{run.run_dir} --allow-changed FIELD`)")
         return run
+
+    def _run_lock(self, run_dir: Path) -> Any:
+        """A file lock beside the run directory (which may not exist yet), held while it is run, gated or
+        reported."""
+        from filelock import FileLock, Timeout
+
+        from qeval.paths import confine_library_caches
+
+        confine_library_caches()
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(run_dir.with_name(f".{run_dir.name}.lock")))
+        try:
+            lock.acquire(timeout=0)
+            lock.release()
+        except Timeout:  # say why this worker is idle
+            log.warning("%s: another pytest process is running this suite; waiting for it", run_dir)
+        return lock
+
+    def run_dir_for(self, suite: Any, suite_path: Path) -> Path:
+        """`<report dir>/pytest-<suite>-<suite hash>`: directly under the report dir, whatever the suite says."""
+        from qeval.paths import check_name, under
+        from qeval.suite import suite_hash
+
+        name = check_name(suite.name, what="suite name", file=str(suite_path), field="name")
+        return under(self.report_dir, self.report_dir / f"pytest-{name}-{suite_hash(suite_path)[:10]}",
+                     what="run directory")
 
     def summary_lines(self) -> Iterator[str]:
         for run in self.runs.values():
@@ -159,13 +230,21 @@ class QualitySession:
                 yield f"  error: {run.error}"
             for decision in run.decisions.values():
                 yield f"  {decision.candidate + '-' + decision.backend:<28} {decision.verdict}"
+        if not self.runs:  # an xdist controller: the runs are its workers', the decisions those of its reports
+            for run_dir, outcome in self.reported.items():
+                yield f"{run_dir} (reported once, by the xdist controller)"
+                yield from (f"  {line.strip()}" for line in outcome.summary.splitlines()[1:])
 
     def write_reports(self) -> None:
+        """Gate every run of the session once more and write its reports (atomically, under the run's lock)."""
         from qeval.report import write_reports
 
-        for run in self.runs.values():
-            if run.error is None and (run.run_dir / "manifest.json").exists():
-                write_reports(run.run_dir)
+        dirs = {run.run_dir for run in self.runs.values() if run.error is None} | self.worker_run_dirs
+        for run_dir in sorted(dirs):
+            if not (run_dir / "manifest.json").exists():
+                continue
+            with self._run_lock(run_dir):
+                self.reported[run_dir] = write_reports(run_dir)
 
 
 # -- collection nodes -----------------------------------------------------------

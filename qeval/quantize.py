@@ -73,6 +73,12 @@ def _key(ctx: Any, precision: str, kind: str) -> str:
                                   compute_dtype=ctx.compute.dtype)
 
 
+def artifact_key_for(ctx: Any, precision: str, kind: str) -> str:
+    """The artifact-cache key a cell of this run will build or reuse for `precision` (kind "modelopt-fakequant"
+    or "modelopt-hf-checkpoint"): named in the manifest before the cell runs (qeval.provenance)."""
+    return _key(ctx, precision, kind)
+
+
 def quantize_simulated(model: torch.nn.Module, precision: str, ctx: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Fake-quantize `model` in place for `precision`, from the artifact cache when possible.
 

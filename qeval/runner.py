@@ -26,7 +26,8 @@ from qeval.backends.base import EngineUnavailable
 from qeval.cells import Cell, plan
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
-from qeval.store import RunStore, read_manifest, write_json_atomic
+from qeval.paths import check_name, under
+from qeval.store import RunStore, read_manifest, write_bytes_atomic, write_json_atomic
 from qeval.suite import Suite, suite_hash
 from qeval.timings import record_step
 
@@ -34,8 +35,14 @@ log = logging.getLogger(__name__)
 
 
 def new_run_dir(reports_dir: Path, suite: Suite) -> Path:
-    """A fresh, dated run directory name (never an existing one)."""
-    return reports_dir / f"{suite.name}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    """A fresh, dated run directory name (never an existing one), always directly under `reports_dir`.
+
+    The suite name was checked at load (qeval.paths rule); checked again here because this is where it
+    becomes a path, and a Suite can be built without load_suite.
+    """
+    name = check_name(suite.name, what="suite name", field="name")
+    run_dir = reports_dir / f"{name}-{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    return under(reports_dir, run_dir, what="run directory")
 
 
 @dataclass
@@ -48,7 +55,6 @@ class Context:
     tokenizer: Any
     task_manager: Any
     artifacts: dict[str, Any] = field(default_factory=dict)  # cell id -> quantized artifact info
-    baseline_backend: Any = None  # the HF baseline, loaded once: reference of every divergence
     calibration: Any = None  # qeval.calibration.CalibrationSet, loaded on first use
     model_hash: str | None = None
     _compute: Any = None  # qeval.compute.ComputeChoice, chosen on first use
@@ -60,12 +66,12 @@ class Context:
 
     def baseline_lm(self, backend: str) -> Any:
         """The baseline on `backend`, opened on first use and kept open while that backend's candidates may
-        extend it (on hf it is also the reference of every divergence comparison)."""
+        extend it."""
         from qeval.harness import QevalLM
 
         if backend not in self.baselines:
             cell = Cell(self.suite.baseline, backend, True)
-            engine = baseline_hf_backend(self) if backend == "hf" else build_backend(self, cell)
+            engine = build_backend(self, cell)
             self.baselines[backend] = QevalLM(engine, self.tokenizer, self.request_cache(cell, engine),
                                               label=cell.id)
         return self.baselines[backend]
@@ -87,7 +93,7 @@ class Context:
 
     def close_baseline(self, backend: str) -> None:
         lm = self.baselines.pop(backend, None)
-        if lm is not None and backend != "hf":  # the hf baseline stays: divergence compares with it
+        if lm is not None:
             lm.engine.close()
 
     @property
@@ -201,16 +207,46 @@ def check_resume(store: RunStore, suite_sha: str) -> None:
                          fix="resume with the same suite file, or start a new run")
 
 
+def resume_manifest(store: RunStore, now: dict[str, Any], artifacts: dict[str, dict[str, Any]],
+                    allow_changed: list[str]) -> tuple[dict[str, Any], bool]:
+    """The manifest of a resumed run, after refusing what it cannot reuse (qeval.identity).
+
+    Returns:
+        (the manifest, whether it changed and must be written): allowed changes are recorded in it, and the
+        artifacts of before an allowed change stay accepted for the records they produced.
+    """
+    from qeval import identity, provenance
+
+    manifest = read_manifest(store.root)
+    updated, allowed = identity.accept_resume(store.root, manifest, now, allow_changed)
+    before = manifest.get("artifacts") or {}
+    moved = sorted(c for c, a in artifacts.items() if c in before and before[c].get("key") != a.get("key"))
+    if moved and not allowed:  # a key that moved though nothing recorded did: refuse rather than guess
+        raise QevalError(f"cannot resume {store.root}: the artifact of {', '.join(moved)} is not the one its "
+                         f"records were made with ({before[moved[0]].get('key')} -> {artifacts[moved[0]].get('key')})",
+                         file=str(store.root / "manifest.json"), field=f"artifacts.{moved[0]}",
+                         fix="start a new run")
+    if "artifacts" in manifest:  # (a run older than the check has unstamped records: it stays unchecked)
+        updated["artifacts"] = provenance.merge_on_resume(before, artifacts)
+    return updated, updated != manifest
+
+
 def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = False,
-              only: set[str] | None = None) -> RunStore:
+              only: set[str] | None = None, allow_changed: list[str] | None = None) -> RunStore:
     """Run (or resume) a suite into `run_dir`.
 
     Args:
-        resume: continue a run directory that exists (same suite), reusing every finished result.
+        resume: continue a run directory that exists (same suite, same model, calibration, recipes, tool
+            versions and engine: qeval.identity), reusing every finished result.
         only: cell ids to run (the baselines they need are added); None runs the whole plan.
+        allow_changed: identity fields (or groups) whose change a resume lets through, recorded in the manifest.
     """
+    from qeval import identity, provenance
     from qeval.assets.model import model_hash
 
+    if allow_changed and not resume:
+        raise QevalError("--allow-changed applies to a resume only", field="--allow-changed",
+                         fix="add --resume RUN_DIR, or drop --allow-changed for a new run")
     sha = suite_hash(suite_path)
     store = RunStore(run_dir)
     if resume:
@@ -221,27 +257,36 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
     prepare_seconds = round(time.perf_counter() - t0, 2)
     weights_hash = model_hash(model_dir)  # a folder without weights is refused here, before the run dir exists
     tokenizer = load_tokenizer(model_dir, suite, suite_path)
-    if not resume:
+    cells = plan(suite)
+    ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager,
+                  model_hash=weights_hash)
+    ctx.task_plans, ctx.semantics = looks.plan_tasks(suite, task_manager, file=str(suite_path))
+    design = looks.design_record(suite, ctx.task_plans)
+    # What the records will be made with, and by which artifact: recorded, or compared with the record on resume
+    # (refused there before anything is written).
+    now = identity.current(ctx, weights_hash)
+    artifacts = provenance.planned_artifacts(ctx, cells)
+    if resume:
+        check_design(store, design)
+        manifest, changed = resume_manifest(store, now, artifacts, list(allow_changed or []))
+        if changed:
+            write_json_atomic(store.root / "manifest.json", manifest)
+    else:
         try:
             store.root.mkdir(parents=True, exist_ok=False)
         except OSError as exc:  # a parent that is a file, a read-only disk ...: say so, not a traceback
             raise QevalError(f"cannot create the run directory {store.root} ({type(exc).__name__}: "
                              f"{exc.strerror or exc})", field="--reports-dir",
                              fix="choose a reports directory you can write to") from None
-    cells = plan(suite)
-    ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager,
-                  model_hash=weights_hash)
-    ctx.task_plans, ctx.semantics = looks.plan_tasks(suite, task_manager, file=str(suite_path))
-    design = looks.design_record(suite, ctx.task_plans)
-    if resume:
-        check_design(store, design)
-    else:
-        (store.root / "suite.yaml").write_bytes(suite_path.read_bytes())
-        write_json_atomic(store.root / "manifest.json", build_manifest(
+        write_bytes_atomic(store.root / "suite.yaml", suite_path.read_bytes())
+        manifest = build_manifest(
             run_id=store.root.name, suite_name=suite.name, suite_path=suite_path, suite_hash=sha,
             model_source=suite.model.source, model_hash=weights_hash,
             seeds=suite.seeds.model_dump(), plan=[c.id for c in cells], compute=ctx.compute.as_record(),
-            sampling=design))
+            sampling=design)
+        manifest.update(identity=now, artifacts=artifacts)
+        write_json_atomic(store.root / "manifest.json", manifest)
+    store.bind_artifacts({cell: entry.get("key") for cell, entry in manifest.get("artifacts", artifacts).items()})
     log.info("compute dtype: %s (%s)", ctx.compute.dtype, ctx.compute.reason)
     ctx.budget = sampling.Budget(None if suite.sampling.max_items_total is None
                                  else suite.sampling.max_items_total - items_evaluated(store))

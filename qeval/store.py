@@ -19,12 +19,16 @@ Layout of a run directory::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from qeval.paths import check_name, under
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +99,34 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file and rename over the target: readers never see half a file."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, and rename over the target: readers (another process,
+    a crash) see the old file or the new one, never half of one. The temp name is unique, so two writers of
+    one path (two pytest-xdist workers, two threads) never share it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`write_bytes_atomic` of UTF-8 text."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON atomically (`write_bytes_atomic`): readers never see half a file."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 class RequestCache:
@@ -132,19 +155,38 @@ class RequestCache:
 
 
 class RunStore:
-    """One run directory: where every result of a run is written as it is produced."""
+    """One run directory: where every result of a run is written as it is produced.
+
+    Every path it hands out is built from names checked by `qeval.paths.check_name` and checked to stay under
+    the run directory (`qeval.paths.under`): a cell id or task name can never point a write elsewhere.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.artifact_keys: dict[str, str] = {}  # cell id -> key of the artifact producing its records
+
+    def bind_artifacts(self, keys: dict[str, str | None]) -> None:
+        """Stamp every record written from now on for these cells with their artifact's key (qeval.provenance)."""
+        self.artifact_keys.update({cell: key for cell, key in keys.items() if key})
+
+    def _stamped(self, cell: str, record: Any) -> Any:
+        key = self.artifact_keys.get(cell)
+        if key is None or not isinstance(record, dict) or "artifact_key" in record:
+            return record  # a record already stamped keeps the artifact that produced it
+        return {**record, "artifact_key": key}
+
+    def _path(self, *parts: str, what: str = "file") -> Path:
+        return under(self.root, self.root.joinpath(*parts), what=what)
 
     def cell_dir(self, cell: str) -> Path:
-        return self.root / "cells" / cell
+        return self._path("cells", check_name(cell, what="cell id"), what="cell directory")
 
     def request_cache(self, cell: str) -> RequestCache:
         return RequestCache(self.cell_dir(cell) / "requests.jsonl")
 
     def samples_path(self, cell: str, task: str) -> Path:
-        return self.cell_dir(cell) / "samples" / f"{task}.jsonl"
+        name = check_name(task, what="task name") + ".jsonl"
+        return under(self.root, self.cell_dir(cell) / "samples" / name, what="sample file")
 
     def has_samples(self, cell: str, task: str) -> bool:
         return self.samples_path(cell, task).exists()
@@ -152,15 +194,8 @@ class RunStore:
     def write_samples(self, cell: str, task: str, records: list[dict]) -> None:
         """Per-sample records of one task, written whole (atomic rename): a task's
         records exist completely or not at all, so `has_samples` means finished."""
-        path = self.samples_path(cell, task)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        data = "".join(json.dumps(self._stamped(cell, r), separators=(",", ":")) + "\n" for r in records)
+        write_text_atomic(self.samples_path(cell, task), data)
 
     def merge_samples(self, cell: str, task: str, records: list[dict]) -> None:
         """Add one look's records to a task's file (rewritten whole, atomically): a record for a doc_id
@@ -181,16 +216,18 @@ class RunStore:
         base = self.cell_dir(cell) / "samples"
         return sorted(p.stem for p in base.glob("*.jsonl")) if base.exists() else []
 
+    def json_path(self, cell: str, name: str) -> Path:
+        return under(self.root, self.cell_dir(cell) / check_name(name, what="record file name"), what="record")
+
     def write_json(self, cell: str, name: str, obj: Any) -> None:
-        write_json_atomic(self.cell_dir(cell) / name, obj)
+        write_json_atomic(self.json_path(cell, name), self._stamped(cell, obj))
 
     def read_json(self, cell: str, name: str) -> Any:
-        path = self.cell_dir(cell) / name
+        path = self.json_path(cell, name)
         return json.loads(path.read_text()) if path.exists() else None
 
     def write_status(self, cell: str, status: dict) -> None:
-        write_json_atomic(self.cell_dir(cell) / "status.json", status)
+        self.write_json(cell, "status.json", status)
 
     def read_status(self, cell: str) -> dict | None:
-        path = self.cell_dir(cell) / "status.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return self.read_json(cell, "status.json")

@@ -24,6 +24,7 @@ from qeval import precisions
 from qeval.backends import BACKENDS
 from qeval.errors import QevalError
 from qeval.gate import GatePolicy
+from qeval.paths import SAFE_NAME_RULE, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ class FieldProblem(ValueError):
     def __init__(self, problem: str, fix: str) -> None:
         super().__init__(problem)
         self.fix = fix
+
+
+def _safe_file_name(value: str, what: str) -> str:
+    """A value that becomes part of a file or directory name (run dir, sample file): never a path."""
+    problem = name_problem(value)
+    if problem is not None:
+        raise FieldProblem(f"{what} {value!r} cannot be used in a file name: {problem}", f"use {SAFE_NAME_RULE}")
+    return value
 
 
 def _known_precision(name: str) -> None:
@@ -274,8 +283,17 @@ class Suite(_Strict):
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
+        for i, task in enumerate(tasks):
+            # A task name names its per-sample file (cells/<cell>/samples/<task>.jsonl): never a path.
+            _safe_file_name(task.name, f"task name (tasks[{i}].name)")
         _no_duplicates([t.name for t in tasks], "task")
         return tasks
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe_suite_name(cls, name: str) -> str:
+        # The suite name starts the run directory's name (reports/<name>-<time>): never a path.
+        return _safe_file_name(name, "suite name")
 
     @property
     def precisions(self) -> list[str]:

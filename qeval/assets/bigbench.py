@@ -27,13 +27,13 @@ from filelock import FileLock
 
 from qeval.assets.download import Distribution, fetch
 from qeval.errors import QevalError
-from qeval.paths import cache_subdir
+from qeval.paths import cache_subdir, name_problem
 
 SDIST = Distribution("bigbench", "1.0.0", "bigbench-1.0.0.tar.gz",
                      "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2")
 PREFIX = "bigbench_mc_"
 PACK_METRICS = ("acc", "acc_norm")  # the metric_list of every pack task (see _task_yaml)
-PACK_VERSION = 2  # bump when the conversion changes: the pack is rebuilt
+PACK_VERSION = 3  # bump when the conversion changes: the pack is rebuilt (3: datasets' cache inside the pack)
 DONE = "pack.json"
 
 
@@ -78,6 +78,8 @@ def _task_yaml(name: str, data: Path) -> str:
         "dataset_kwargs:",
         "  data_files:",
         f"    test: {json.dumps(str(data))}",
+        # datasets' Arrow cache of the pack stays in the pack, not in ~/.cache/huggingface.
+        f"  cache_dir: {json.dumps(str(data.parent / '.datasets-cache'))}",
         "test_split: test",
         "output_type: multiple_choice",
         'doc_to_text: "{{input}}"',
@@ -127,6 +129,9 @@ def _build(sdist: Path, out: Path) -> tuple[list[str], dict[str, str]]:
                 skipped["/".join(parts[:-1])] = "subtask variant (the parent task is converted if it has examples)"
                 continue
             name = parts[0]
+            if name_problem(name) is not None:  # an archive member's folder becomes a folder of the pack
+                skipped[name] = f"task folder name cannot be a file name: {name_problem(name)}"
+                continue
             fileobj = tf.extractfile(member)
             try:
                 task = json.load(fileobj) if fileobj else {}

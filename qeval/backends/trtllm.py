@@ -165,7 +165,8 @@ def check_checkpoint_matches(precision: str | precisions.Precision, checkpoint_d
 
 # ---- engine cache (pure) ------------------------------------------------------------------
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", text.strip().lower()).strip("-") or "unknown"
+    # Never "." or "..": a slug names a folder of the engine cache.
+    return re.sub(r"[^a-z0-9.]+", "-", text.strip().lower()).strip("-.") or "unknown"
 
 
 def engine_cache_key(*, gpu_sku: str, trtllm_version: str, artifact_key: str,
@@ -189,8 +190,13 @@ def engine_cache_key(*, gpu_sku: str, trtllm_version: str, artifact_key: str,
 
 
 def engine_dir(cache_root: str | Path, key: str) -> Path:
-    """Where the engine for ``key`` lives under ``cache_root``."""
-    return Path(cache_root) / key
+    """Where the engine for ``key`` lives under ``cache_root`` (never outside it: the key holds a GPU name)."""
+    from qeval.paths import under
+
+    parts = Path(key).parts
+    if not parts or Path(key).is_absolute() or any(p in (".", "..") for p in parts):
+        raise ValueError(f"engine cache key {key!r} is not a relative path of plain names")
+    return under(Path(cache_root), Path(cache_root) / key, what="engine folder")
 
 
 def directory_content_key(path: str | Path, patterns: Sequence[str] = ("*.json", "*.safetensors", "*.bin",

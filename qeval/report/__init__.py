@@ -7,10 +7,15 @@ test case per gate rule) and report.html (for sign-off) into it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qeval.report.results import build_results, gate_run
+
+
+REPORT_FILES = {"json": "results.json", "md": "report.md", "junit": "junit.xml", "html": "report.html"}
 
 
 @dataclass(frozen=True)
@@ -27,23 +32,44 @@ class ReportOutcome:
     not_run: tuple[str, ...] = ()
 
 
+def same_results(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two results documents say the same, apart from when they were generated and how the run dir was typed."""
+    def core(doc: dict[str, Any]) -> Any:
+        doc = json.loads(json.dumps(doc, sort_keys=True, default=str))
+        doc.pop("generated", None)
+        doc.get("run", {}).pop("dir", None)
+        return doc
+    return core(a) == core(b)
+
+
 def write_reports(run_dir: Path) -> ReportOutcome:
+    from qeval import signoff
+    from qeval.paths import under
     from qeval.report.html import write_html
     from qeval.report.junit import write_junit
     from qeval.report.markdown import render_markdown
-    from qeval.store import write_json_atomic
+    from qeval.store import write_json_atomic, write_text_atomic
 
     results = build_results(run_dir)
-    paths = {"json": run_dir / "results.json", "md": run_dir / "report.md",
-             "junit": run_dir / "junit.xml", "html": run_dir / "report.html"}
-    write_json_atomic(paths["json"], results)
-    markdown = render_markdown(results)
-    paths["md"].write_text(markdown, encoding="utf-8")
+    # Fixed names, checked to stay in the run directory; every file is written whole (temp + rename), so a
+    # reader, a crash or a second writer (pytest-xdist) never sees half a report.
+    paths = {kind: under(run_dir, run_dir / name, what="report")
+             for kind, name in REPORT_FILES.items()}
+    signed = signoff.load(run_dir)
+    previous = _read(paths["json"]) if signed else None
+    if previous is not None and same_results(previous, results):
+        results = previous  # a signed run's results.json is kept byte for byte while the records say the same
+    else:
+        write_json_atomic(paths["json"], results)
+    shown = signoff.view(run_dir, signed) if signed else None
+    write_text_atomic(paths["md"], render_markdown(results, signoff=shown))
     write_junit(results, paths["junit"])
-    write_html(results, paths["html"])
+    write_html(results, paths["html"], signoff=shown)
     lines = [f"{d['candidate']:>14} on {d['backend']:<8} {d['verdict']:<13} {d['summary']}"
              for d in results["decisions"]]
     not_run = [f"{c['id']:>22} NOT RUN       {c['reason']}" for c in results["not_run"]]
+    if shown:
+        lines.append(f"sign-off: {shown['status']}")
     summary = "\n".join(["qeval gate:", *lines, *(["not run here:", *not_run] if not_run else []),
                          f"report: {paths['html']}"])
     blocked = any(d["verdict"] == "BLOCK" for d in results["decisions"])
@@ -51,4 +77,12 @@ def write_reports(run_dir: Path) -> ReportOutcome:
                          not_run=tuple(c["id"] for c in results["not_run"]))
 
 
-__all__ = ["ReportOutcome", "build_results", "gate_run", "write_reports"]
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+__all__ = ["REPORT_FILES", "ReportOutcome", "same_results", "build_results", "gate_run", "write_reports"]

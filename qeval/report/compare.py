@@ -22,7 +22,7 @@ from qeval import stats
 from qeval.errors import QevalError
 from qeval.report.results import build_results, jsonable
 from qeval.report.templating import environment
-from qeval.store import RunStore, write_json_atomic
+from qeval.store import RunStore, write_json_atomic, write_text_atomic
 
 COMPARE_SCHEMA = "qeval.compare/1"
 _RANK = {"SHIP": 0, "INCONCLUSIVE": 1, "BLOCK": 2, "NOT RUN": 3}
@@ -177,6 +177,6 @@ def compare_runs(run_a: Path, run_b: Path) -> str:
     comparison = build_comparison(run_a, run_b)
     text = render_comparison(comparison)
     run_b = Path(run_b)
-    (run_b / "compare.md").write_text(text, encoding="utf-8")
+    write_text_atomic(run_b / "compare.md", text)
     write_json_atomic(run_b / "compare.json", comparison)
     return text

@@ -32,9 +32,13 @@ def build_plots(results: dict[str, Any]) -> dict[str, Any]:
     return {"forest": forest, "kld": kld, "pareto": pareto}
 
 
-def render_html(results: dict[str, Any]) -> str:
-    return environment().get_template("report.html.j2").render(r=results, plots=build_plots(results))
+def render_html(results: dict[str, Any], signoff: dict[str, Any] | None = None) -> str:
+    """The page; `signoff` is qeval.signoff.view of the run's sign-off (None: an unsigned run, blank lines)."""
+    return environment().get_template("report.html.j2").render(r=results, plots=build_plots(results),
+                                                               signoff=signoff)
 
 
-def write_html(results: dict[str, Any], path: Path) -> None:
-    path.write_text(render_html(results), encoding="utf-8")
+def write_html(results: dict[str, Any], path: Path, signoff: dict[str, Any] | None = None) -> None:
+    from qeval.store import write_text_atomic
+
+    write_text_atomic(path, render_html(results, signoff))

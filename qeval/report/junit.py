@@ -27,4 +27,6 @@ def write_junit(results: dict[str, Any], path: Path) -> None:
         case = ET.SubElement(ts, "testcase", classname=f"{suite_name}.{cell['id']}", name="not_run")
         ET.SubElement(case, "skipped", message=f"NOT RUN: {cell['reason']}"[:200])
         ET.SubElement(case, "system-out").text = f"NOT RUN: {cell['reason']}"
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    from qeval.store import write_bytes_atomic
+
+    write_bytes_atomic(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))

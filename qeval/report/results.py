@@ -53,8 +53,31 @@ ANSWER_CHARS = 160
 
 def gate_run(run_dir: Path) -> list[Decision]:
     """The gate's decisions for a run directory."""
-    run = collect(run_dir)
+    run = collect_checked(run_dir)
     return decide(run.suite.gate, run.evidence, family=Family.planned(run.suite))
+
+
+def collect_checked(run_dir: Path) -> RunEvidence:
+    """The run's evidence, where a candidate whose records (or whose baseline's) do not come from the artifacts
+    the manifest names is an error with the reason, not a comparison (qeval.provenance)."""
+    from qeval import provenance
+    from qeval.gate import ErrorEvidence
+
+    run = collect(run_dir)
+    problems = provenance.check(run_dir, read_manifest(run_dir))
+    if not problems:
+        return run
+    baseline = run.suite.baseline
+    bad: dict[tuple[str, str], str] = {}
+    for cell in run.cells:
+        if cell.is_baseline:
+            continue
+        why = problems.get(cell.id) or problems.get(f"{baseline}-{cell.backend}")
+        if why:
+            bad[(cell.precision, cell.backend)] = why
+    run.evidence = [e for e in run.evidence if (e.candidate, e.backend) not in bad]
+    run.evidence += [ErrorEvidence(candidate, backend, why) for (candidate, backend), why in bad.items()]
+    return run
 
 
 def jsonable(value: Any) -> Any:
@@ -268,7 +291,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
 
     The document is described field by field in qeval/schemas/results.schema.json.
     """
-    run = collect(run_dir)
+    run = collect_checked(run_dir)
     samples = _Samples(RunStore(run_dir))
     family = Family.planned(run.suite)
     decisions = decide(run.suite.gate, run.evidence, family=family)
