@@ -57,6 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not resume and reports_dir.exists() and not reports_dir.is_dir():
         raise QevalError(f"{reports_dir} is a file, not a directory", field="--reports-dir",
                          fix="pass a directory (it is created if missing), or move the file away")
+    blocking = next((p for p in reports_dir.absolute().parents if p.exists() and not p.is_dir()), None)
+    if not resume and blocking is not None:  # seconds, not after the engines have loaded
+        raise QevalError(f"cannot create the run directory under {reports_dir}: {blocking} is a file",
+                         field="--reports-dir", fix="choose a reports directory you can write to")
     if not resume and reports_dir.is_dir() and not os.access(reports_dir, os.W_OK | os.X_OK):
         raise QevalError(f"{reports_dir} is not writable by this user", field="--reports-dir",
                          fix="pass a directory you can write to")

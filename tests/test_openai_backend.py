@@ -185,10 +185,14 @@ def test_stream_stamps_every_chunk_at_its_arrival(paced_server: str) -> None:
         backend.close()
     for events in streams:
         assert sum(e.n_tokens for e in events) == _PacedStream.tokens
-        lags_ms = [1e3 * (e.t - float(e.text)) for e in events]
-        gaps_ms = [1e3 * (b.t - a.t) for a, b in zip(events, events[1:])]
-        assert all(0 <= lag < 15 for lag in lags_ms), lags_ms
-        assert all(25 < gap < 80 for gap in gaps_ms), gaps_ms  # the server's 40 ms pacing, seen as sent
+        sent = [float(e.text) for e in events]
+        stamped = [e.t for e in events]
+        # Orderings, not milliseconds (a loaded 2-core machine is slower, not wrong): every chunk is stamped
+        # after the server sent it, and before the server sent the next one (the server paces them 40 ms
+        # apart), so the stamps follow the sends one by one.
+        assert all(s <= t for s, t in zip(sent, stamped)), list(zip(sent, stamped))
+        assert all(t < s_next for t, s_next in zip(stamped, sent[1:])), list(zip(stamped, sent[1:]))
+        assert stamped == sorted(stamped)
 
 
 @pytest.mark.parametrize("script, message", [
@@ -334,9 +338,9 @@ server:
     store = run_suite(suite, suite_path, run_dir)
     assert store.read_status("bf16-openai")["state"] == "ok"
     assert len(store.read_samples("bf16-openai", "bigbench_mc_social_iqa")) == 12
-    # fp8 has no endpoint: qeval would start `vllm serve`, which has no FP8 kernels on CPU.
+    # fp8 has no endpoint: qeval would start `vllm serve`, which has no FP8 kernels on CPU: NOT RUN, with why.
     fp8 = store.read_status("fp8-openai")
-    assert fp8["state"] == "error" and "GPU" in fp8["cause"]
+    assert fp8["state"] == "not_run" and "GPU" in fp8["reason"], fp8
     write_reports(run_dir)
     leaked = [p for p in run_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert not leaked, f"the API key was written into {leaked}"

@@ -195,7 +195,7 @@ def test_a_suite_on_hf_vllm_and_trtllm_runs_every_cell_it_can(tmp_path: Path, ca
     st = store.read_status("int8_wo-vllm")
     assert st["state"] == "not_run" and "cannot load a ModelOpt W8A16 checkpoint" in st["reason"], st
     hf, vllm = (store.read_samples(c, "bigbench_mc_social_iqa") for c in ("bf16-hf", "bf16-vllm"))
-    assert [s["doc_id"] for s in vllm] == [s["doc_id"] for s in hf] and len(vllm) == 16  # one design, both engines
+    assert [s["doc_id"] for s in vllm] == [s["doc_id"] for s in hf] and len(vllm) == 12  # one design, both engines
     assert sum(a["chosen"] == b["chosen"] for a, b in zip(hf, vllm)) >= 11
 
     base_vllm = store.read_json("bf16-vllm", "divergence.json")
