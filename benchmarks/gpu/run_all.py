@@ -1,0 +1,277 @@
+"""Runs ON the device, after stage.sh: issue 22's GPU work in one resumable command.
+
+    . benchmarks/gpu/env.sh && python3 -u benchmarks/gpu/run_all.py [--budget-s 540] [--steps speed,fidelity,quality]
+
+Steps, in order (each one a child process under `timeout --signal=INT`, so a
+step cut by the budget leaves its finished parts on disk):
+
+1. speed     `qeval run suites/gpu/speed-8b.yaml`: the Llama-3.1-8B shape with
+             synthetic weights, bf16 / fp8 / int4_awq (W4A16) / nvfp4 / int8_sq
+             at c1, c16, c64, a GuideLLM sweep and goodput (qeval resumes it
+             cell by cell: a finished cell is never measured again).
+2. fidelity  benchmarks/gpu/run_fidelity.sh: qeval's probe vs `vllm bench
+             serve` on one `vllm serve` (SmolLM2-135M) at c1, c4, c16.
+3. quality   `qeval run suites/gpu/smoke.yaml` (KL on the vllm cells, int8_sq
+             on vllm), resumed where it stopped.
+
+State lives in /tmp/qeval-run-all (kept while the machine stays warm): a
+done-marker per step (`<step>.done`), the seconds each step has used
+(`state.json`), the run directories. Every call writes what it has into $OUT
+as it goes (`run_all.log`, `steps.json`) and, at the end, `run_all.tgz` (the
+whole state folder but engine logs' bulk) and `speed_summary.md`. A second call
+on the warm machine continues with the first step not done. On a fresh machine,
+carry the returned run_all.tgz as `.stage/resume/run_all.tgz`: it is unpacked
+first and the runs resume from it (ModelOpt re-quantizes: the artifact cache
+does not travel).
+
+Each step has a cap on its total seconds over all calls (--caps); a step that
+reaches it is marked `capped`, the next step starts, and the summary lists what
+it left (with the command that finishes it). Standard library only: the device
+image has no extra packages before stage.sh, and this must run even if qeval
+breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+STATE = Path(os.environ.get("QEVAL_RUN_ALL_STATE", "/tmp/qeval-run-all"))
+OUT = Path(os.environ.get("OUT") or "/tmp/qeval-gpu-out")
+STEPS = ("speed", "fidelity", "quality")
+# Seconds per step over all calls: together about 20 min of GPU time (a fresh machine's first vLLM start
+# spends ~2 min in kernel JIT; an 8B engine start with torch.compile and CUDA graphs ~1-2 min per precision).
+DEFAULT_CAPS = {"speed": 560, "fidelity": 300, "quality": 420}
+SUITES = {"speed": "suites/gpu/speed-8b.yaml", "quality": "suites/gpu/smoke.yaml"}
+MIN_STEP_S = 45  # less than this left in the call: stop, the next call continues
+# FP8 e4m3 `torch._scaled_mm` vs bf16 over the GEMMs of all 32 Llama-3.1-8B layers, measured on this H200
+# (issue 22, torch 2.11): tokens per GEMM -> speed-up. The ceiling from bytes and FLOPs is 2.0x.
+FP8_GEMM_RATIO = {1: 1.20, 64: 1.24, 256: 1.38, 1024: 1.72, 4096: 1.72}
+
+t_call = time.time()
+
+
+def log(msg: str) -> None:
+    line = f"{time.strftime('%H:%M:%S', time.gmtime())} [{time.time() - t_call:6.0f}s] {msg}"
+    print(line, flush=True)
+    with open(OUT / "run_all.log", "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def load_state() -> dict:
+    path = STATE / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {"used_s": {}, "calls": 0, "history": []}
+
+
+def save_state(state: dict) -> None:
+    tmp = STATE / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.rename(STATE / "state.json")
+    (OUT / "steps.json").write_text(json.dumps(state, indent=1))
+
+
+def restore() -> None:
+    """A fresh machine: continue from the state a previous machine returned (carried as .stage/resume)."""
+    carried = REPO / ".stage" / "resume" / "run_all.tgz"
+    if STATE.exists() or not carried.exists():
+        return
+    STATE.mkdir(parents=True)
+    with tarfile.open(carried) as tf:
+        tf.extractall(STATE, filter="data")
+    log(f"restored the state of an earlier machine from {carried}")
+
+
+def suite_name(path: str) -> str:
+    for line in (REPO / path).read_text().splitlines():
+        if line.startswith("name:"):
+            return line.split(":", 1)[1].strip()
+    raise SystemExit(f"{path} has no name")
+
+
+def qeval_cmd(step: str) -> list[str]:
+    """`qeval run SUITE`, or `--resume RUN_DIR` where this step's run directory exists already."""
+    reports = STATE / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    runs = sorted(reports.glob(f"{suite_name(SUITES[step])}-[0-9]*"))
+    if runs:
+        return [sys.executable, "-m", "qeval.cli", "run", "--resume", str(runs[-1])]
+    return [sys.executable, "-m", "qeval.cli", "run", SUITES[step], "--reports-dir", str(reports)]
+
+
+def step_command(step: str, seconds: int) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    if step == "fidelity":
+        fid_out = STATE / "fidelity-out"
+        fid_out.mkdir(parents=True, exist_ok=True)
+        env["OUT"] = str(fid_out)  # run_fidelity.sh writes under $OUT: keep it with the state, packed at the end
+        # run_fidelity.sh has its own `timeout` at its first argument: a little under ours
+        return ["bash", str(HERE / "run_fidelity.sh"), str(max(60, seconds - 30)), "1", "4", "16"], env
+    return qeval_cmd(step), env
+
+
+def finished(step: str, rc: int) -> bool:
+    """qeval's exit codes 0/1/3 all mean the run finished and its report is written; 2 is bad input."""
+    if step == "fidelity":
+        return rc == 0
+    return rc in (0, 1, 3)
+
+
+def run_step(step: str, seconds: int) -> int:
+    cmd, env = step_command(step, seconds)
+    log(f"{step}: {' '.join(cmd)} (at most {seconds} s)")
+    with open(OUT / f"{step}.log", "a", encoding="utf-8") as out:
+        out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n")
+        out.flush()
+        # SIGINT at the limit: qeval keeps what finished (resumable); SIGKILL 20 s later if it hangs
+        proc = subprocess.run(["timeout", "--signal=INT", "--kill-after=20", str(seconds), *cmd], cwd=REPO, env=env,
+                              stdout=out, stderr=subprocess.STDOUT)
+    return proc.returncode
+
+
+def device_info() -> None:
+    lines = []
+    for cmd in (["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
+                [sys.executable, "-c", "import sys, torch, vllm, transformers; print('python', sys.version.split()[0],"
+                 " '| torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__)"]):
+        try:
+            lines.append(subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout.strip())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            lines.append(f"{cmd[0]}: {exc}")
+    (OUT / "device.txt").write_text("\n".join(lines) + "\n")
+    log("device: " + " || ".join(lines))
+
+
+def pack() -> None:
+    """Everything of the state folder but the bulk (engine reference distributions) into $OUT/run_all.tgz."""
+    def small(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        return None if "/reference/" in f"/{info.name}/" or info.size > 20 * 2**20 else info
+
+    with tarfile.open(OUT / "run_all.tgz", "w:gz") as tf:
+        tf.add(STATE, arcname=".", filter=small)
+    log(f"packed {STATE} -> {OUT / 'run_all.tgz'} ({(OUT / 'run_all.tgz').stat().st_size / 2**20:.1f} MiB)")
+
+
+def _fmt(x: object, nd: int = 2) -> str:
+    return "—" if not isinstance(x, (int, float)) else f"{x:.{nd}f}"
+
+
+def gemm_ratio(batch: int) -> str:
+    near = min(FP8_GEMM_RATIO, key=lambda k: abs(k - batch))
+    return f"{FP8_GEMM_RATIO[near]:.2f}x (at {near} tok)"
+
+
+def speed_summary() -> None:
+    """The 8B-shape tables for RESULTS.md, from the speed run's results.json (whatever cells finished)."""
+    runs = sorted((STATE / "reports").glob(f"{suite_name(SUITES['speed'])}-[0-9]*"))
+    if not runs or not (runs[-1] / "results.json").exists():
+        return
+    res = json.loads((runs[-1] / "results.json").read_text())
+    out = [f"# 8B-shape speed ({runs[-1].name}; synthetic weights, speed only)", "",
+           "| cell | load | out tok/s | req/s | TTFT p50 ms [CI] | TTFT p99 ms | TPOT p50 ms [CI] | TPOT p99 ms "
+           "| goodput req/s [CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    for cell in res["cells"]:
+        if cell["state"] != "ok":
+            out.append(f"| {cell['id']} | {cell['state']}: {(cell.get('cause') or '')[:120]} |||||||")
+            continue
+        for p in (cell.get("latency") or {}).get("loads", []):
+            s = p.get("summary", {})
+            t50, t99 = s.get("ttft", {}).get("p50", {}), s.get("ttft", {}).get("p99", {})
+            o50, o99 = s.get("tpot", {}).get("p50", {}), s.get("tpot", {}).get("p99", {})
+            g = p.get("goodput") or {}
+            ci = lambda e: f"{_fmt(e.get('value_ms'))} [{_fmt((e.get('ci_ms') or [None])[0])}, {_fmt((e.get('ci_ms') or [None, None])[1])}]"
+            gci = g.get("goodput_rps_ci") or [None, None]
+            out.append(f"| {cell['id']} | {p['load']} | {_fmt(p.get('output_tokens_per_s'), 0)} | "
+                       f"{_fmt(p.get('requests_per_s'))} | {ci(t50)} | {_fmt(t99.get('value_ms'))} | {ci(o50)} | "
+                       f"{_fmt(o99.get('value_ms'))} | {_fmt(g.get('goodput_rps'))} [{_fmt(gci[0])}, {_fmt(gci[1])}] |")
+    out += ["", "## Speed-ups over bf16 (ratio of medians, bootstrap 95% CI; goodput: ratio of goodputs)", "",
+            "| candidate | load | metric | speed-up [CI] | FP8 GEMM ratio at that batch (issue 22) |", "|---|---|---|---|---|"]
+    for d in res["decisions"]:
+        for sp in (d.get("latency") or {}).get("speedups", []):
+            batch = sp.get("concurrency") or 0
+            ref = gemm_ratio(batch) if d["candidate"].startswith("fp8") and batch else ""
+            out.append(f"| {d['candidate']} | {sp['load']} | {sp['metric']} | {_fmt(sp['estimate'])} "
+                       f"[{_fmt(sp['ci'][0])}, {_fmt(sp['ci'][1])}] | {ref} |")
+    (OUT / "speed_summary.md").write_text("\n".join(out) + "\n")
+    log(f"wrote {OUT / 'speed_summary.md'}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget-s", type=int, default=540, help="seconds for this call (the device tool stops at 600)")
+    ap.add_argument("--steps", default=",".join(STEPS), help="which steps, in order (default: all three)")
+    ap.add_argument("--caps", default=",".join(f"{k}:{v}" for k, v in DEFAULT_CAPS.items()),
+                    help="step:seconds caps over all calls (default %(default)s)")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    restore()
+    STATE.mkdir(parents=True, exist_ok=True)
+    caps = {**DEFAULT_CAPS, **{k: int(v) for k, v in (x.split(":") for x in args.caps.split(",") if x)}}
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        print(f"run_all: unknown step(s) {unknown}; use {','.join(STEPS)}", file=sys.stderr)
+        return 2
+    state = load_state()
+    state["calls"] += 1
+    save_state(state)
+    log(f"call {state['calls']}: budget {args.budget_s} s, steps {steps}, caps {caps}, state {STATE}")
+    device_info()
+    deadline = t_call + args.budget_s
+    try:
+        for step in steps:
+            marker = STATE / f"{step}.done"
+            if marker.exists():
+                log(f"{step}: done already ({marker.read_text().strip()})")
+                continue
+            used = state["used_s"].get(step, 0.0)
+            left_cap = caps[step] - used
+            left_call = deadline - time.time()
+            if left_cap < MIN_STEP_S:
+                marker.write_text(f"capped after {used:.0f} s (cap {caps[step]} s)\n")
+                log(f"{step}: capped ({used:.0f} of {caps[step]} s used); moving on")
+                continue
+            if left_call < MIN_STEP_S:
+                log(f"{step}: {left_call:.0f} s left in this call: call again to continue")
+                break
+            seconds = int(min(left_cap, left_call))
+            t0 = time.time()
+            rc = run_step(step, seconds)
+            spent = time.time() - t0
+            state["used_s"][step] = used + spent
+            state["history"].append({"call": state["calls"], "step": step, "rc": rc, "seconds": round(spent, 1)})
+            save_state(state)
+            if finished(step, rc):
+                marker.write_text(f"finished, exit {rc}, {used + spent:.0f} s in all\n")
+                log(f"{step}: finished (exit {rc}, {spent:.0f} s; {used + spent:.0f} s in all)")
+            elif rc == 2:
+                marker.write_text(f"bad input, exit 2 (see {step}.log)\n")
+                log(f"{step}: bad input (exit 2): see {OUT / (step + '.log')}; moving on")
+            else:
+                log(f"{step}: stopped (exit {rc}) after {spent:.0f} s; {used + spent:.0f} of {caps[step]} s used: "
+                    "the next call resumes it")
+                if time.time() > deadline - MIN_STEP_S:
+                    break
+    finally:
+        try:
+            speed_summary()
+        except Exception as exc:  # noqa: BLE001 - a summary problem must not lose the packed results
+            log(f"speed summary failed: {type(exc).__name__}: {exc}")
+        if (STATE / "fidelity-out" / "fidelity").exists():
+            shutil.copytree(STATE / "fidelity-out", OUT / "fidelity-out", dirs_exist_ok=True)
+        pack()
+    todo = [s for s in steps if not (STATE / f"{s}.done").exists()]
+    log("all steps done" if not todo else f"not done yet: {', '.join(todo)} (call again)")
+    return 0 if not todo else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
