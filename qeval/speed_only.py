@@ -241,8 +241,16 @@ def run(suite: Any, suite_path: Path, run_dir: Path, *, resume: bool = False) ->
     store = RunStore(run_dir)
     if resume:
         check_resume(store, sha)
-    folder = shape_dir(suite, suite_path)
-    config = read_config(folder, suite_path)
+    if resume:  # the config the run started with (its manifest), whatever the shape folder holds now
+        from qeval.store import read_manifest
+
+        config = (read_manifest(store.root).get("speed_only") or {}).get("config")
+        if not isinstance(config, dict):
+            raise QevalError(f"{store.root} is not a speed-only run (its manifest has no speed_only.config)",
+                             file=str(store.root / "manifest.json"), field="speed_only.config",
+                             fix="resume it with the suite it was started with, or start a new run")
+    else:
+        config = read_config(shape_dir(suite, suite_path), suite_path)
     tokenizer_dir = ensure_model(suite.model.speed_only.tokenizer)
     tokenizer = load_tokenizer(tokenizer_dir, suite, suite_path)
     cells = plan(suite)
