@@ -218,7 +218,8 @@ def test_a_dummy_weight_vllm_engine_runs_the_latency_path_and_the_report_labels_
     for sp in speedups:
         assert sp["ci"][0] <= sp["estimate"] <= sp["ci"][1] and sp["estimate"] > 0
     html = (run_dir / "report.html").read_text()
-    assert LABEL in html and "fp8-vllm" in html
+    assert LABEL in html and "fp8-vllm" in html and "Throughput and goodput per load point" in html
+    assert "rate sweep" in html and LABEL in (run_dir / "report.md").read_text()
     assert not list((run_dir / "cells" / "bf16-vllm").glob("samples/*"))  # no task ever ran
     # Resume: the finished cell is reused (no engine start), the NOT RUN one is tried again and is NOT RUN.
     capsys.readouterr()
