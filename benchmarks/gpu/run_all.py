@@ -17,8 +17,12 @@ step cut by the budget leaves its finished parts on disk):
 State lives in /tmp/qeval-run-all (kept while the machine stays warm): a
 done-marker per step (`<step>.done`), the seconds each step has used
 (`state.json`), the run directories. Every call writes what it has into $OUT
-as it goes (`run_all.log`, `steps.json`) and, at the end, `run_all.tgz` (the
-whole state folder but engine logs' bulk) and `speed_summary.md`. A second call
+as it goes (`run_all.log`, `steps.json`, `last_step.log`: the end of the last
+step's log) and, at the end, `run_all.tgz` (the whole state folder: run
+directories, fidelity results, every step's log; files over 4 MiB left out),
+`speed_summary.md` and `jit_cache.tgz` (the kernel caches, when under 15 MiB: copy
+it to /work/main/.stage/ and prepare.py bundles it, so the next session skips the
+JIT). Six files at most: the device tool returns eight. A second call
 on the warm machine continues with the first step not done. On a fresh machine,
 carry the returned run_all.tgz as `.stage/resume/run_all.tgz`: it is unpacked
 first and the runs resume from it (ModelOpt re-quantizes: the artifact cache
@@ -36,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -48,11 +51,15 @@ REPO = HERE.parent.parent
 STATE = Path(os.environ.get("QEVAL_RUN_ALL_STATE", "/tmp/qeval-run-all"))
 OUT = Path(os.environ.get("OUT") or "/tmp/qeval-gpu-out")
 STEPS = ("speed", "fidelity", "quality")
-# Seconds per step over all calls: together about 20 min of GPU time (a fresh machine's first vLLM start
-# spends ~2 min in kernel JIT; an 8B engine start with torch.compile and CUDA graphs ~1-2 min per precision).
-DEFAULT_CAPS = {"speed": 560, "fidelity": 300, "quality": 420}
+# Seconds per step over all calls: together about 21 min of GPU time (a fresh machine's first vLLM start
+# spends ~2 min in kernel JIT; an 8B engine start with torch.compile and CUDA graphs ~1-2 min per precision,
+# then ~45 s of probing: 5 cells ~ 10 min). The quality suite needs ~15 min from scratch (RESULTS.md: its cells
+# took 800 s before KL on vllm was added): its cap gets what is left, and it resumes in a later session.
+DEFAULT_CAPS = {"speed": 660, "fidelity": 300, "quality": 300}
 SUITES = {"speed": "suites/gpu/speed-8b.yaml", "quality": "suites/gpu/smoke.yaml"}
-MIN_STEP_S = 45  # less than this left in the call: stop, the next call continues
+MIN_STEP_S = 45
+JIT_DIRS = {"TRITON_CACHE_DIR": ".triton/cache", "VLLM_CACHE_ROOT": ".cache/vllm"}
+TAR_FILE_LIMIT = 4 * 2**20  # a bigger file (an engine's reference distributions, a server log) stays out  # less than this left in the call: stop, the next call continues
 # FP8 e4m3 `torch._scaled_mm` vs bf16 over the GEMMs of all 32 Llama-3.1-8B layers, measured on this H200
 # (issue 22 and shared/ENVIRONMENT.md, 2026-12-02, torch 2.11): tokens per GEMM -> speed-up. The ceiling from bytes and FLOPs is 2.0x.
 FP8_GEMM_RATIO = {1: 1.20, 16: 1.18, 64: 1.24, 256: 1.38, 1024: 1.72, 4096: 1.72}
@@ -108,7 +115,7 @@ def qeval_cmd(step: str) -> list[str]:
 
 
 def step_command(step: str, seconds: int) -> tuple[list[str], dict[str, str]]:
-    env = dict(os.environ)
+    env = jit_env(dict(os.environ))
     if step == "fidelity":
         fid_out = STATE / "fidelity-out"
         fid_out.mkdir(parents=True, exist_ok=True)
@@ -128,36 +135,81 @@ def finished(step: str, rc: int) -> bool:
 def run_step(step: str, seconds: int) -> int:
     cmd, env = step_command(step, seconds)
     log(f"{step}: {' '.join(cmd)} (at most {seconds} s)")
-    with open(OUT / f"{step}.log", "a", encoding="utf-8") as out:
+    with open(STATE / f"{step}.log", "a", encoding="utf-8") as out:
         out.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {' '.join(cmd)}\n")
         out.flush()
         # SIGINT at the limit: qeval keeps what finished (resumable); SIGKILL 20 s later if it hangs
         proc = subprocess.run(["timeout", "--signal=INT", "--kill-after=20", str(seconds), *cmd], cwd=REPO, env=env,
                               stdout=out, stderr=subprocess.STDOUT)
+    tail = (STATE / f"{step}.log").read_bytes()[-200_000:]  # the end of this step's log comes back as it is
+    (OUT / "last_step.log").write_bytes(f"=== {step} (exit {proc.returncode})\n".encode() + tail)
     return proc.returncode
 
 
 def device_info() -> None:
-    lines = []
-    for cmd in (["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
-                [sys.executable, "-c", "import sys, torch, vllm, transformers; print('python', sys.version.split()[0],"
-                 " '| torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__)"]):
-        try:
-            lines.append(subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout.strip())
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            lines.append(f"{cmd[0]}: {exc}")
-    (OUT / "device.txt").write_text("\n".join(lines) + "\n")
-    log("device: " + " || ".join(lines))
+    """GPU, driver and versions, once per machine (importing vLLM costs ~15 s of GPU time)."""
+    cached = STATE / "device.txt"
+    if not cached.exists():
+        lines = []
+        for cmd in (["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
+                     "--format=csv,noheader"],
+                    [sys.executable, "-c", "import sys, torch, vllm, transformers; print('python', "
+                     "sys.version.split()[0], '| torch', torch.__version__, '| vllm', vllm.__version__, "
+                     "'| transformers', transformers.__version__)"]):
+            try:
+                lines.append(subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout.strip())
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                lines.append(f"{cmd[0]}: {exc}")
+        cached.write_text("\n".join(lines) + "\n")
+    log("device: " + " || ".join(cached.read_text().splitlines()))
 
 
-def pack() -> None:
-    """Everything of the state folder but the bulk (engine reference distributions) into $OUT/run_all.tgz."""
+def jit_env(env: dict[str, str]) -> dict[str, str]:
+    """Kernel caches where stage.sh restores an earlier run's jit_cache.tgz ($HOME), not qeval's per-cache
+    default: a later session then skips the JIT and compilation this one paid for (see save_jit)."""
+    home = Path.home()
+    for var, path in JIT_DIRS.items():
+        env.setdefault(var, str(home / path))
+    return env
+
+
+def save_jit() -> None:
+    """$OUT/jit_cache.tgz of the kernel caches, if small enough to come back (copy it to .stage/ for prepare.py)."""
+    home = Path.home()
+    dirs = [home / p for p in JIT_DIRS.values()] + [home / ".cache" / "flashinfer"]
+    dirs = [d for d in dirs if d.is_dir()]
+    size = sum(f.stat().st_size for d in dirs for f in d.rglob("*") if f.is_file())
+    if not dirs or size > 40 * 2**20:
+        log(f"kernel caches: {size / 2**20:.0f} MiB in {len(dirs)} folders: not returned (limit 40 MiB raw)")
+        return
+    with tarfile.open(OUT / "jit_cache.tgz", "w:gz") as tf:
+        for d in dirs:
+            tf.add(d, arcname=str(d.relative_to(home)))
+    got = (OUT / "jit_cache.tgz").stat().st_size
+    if got > 15 * 2**20:
+        (OUT / "jit_cache.tgz").unlink()
+        log(f"kernel caches: {got / 2**20:.1f} MiB compressed: too big to come back, left out")
+    else:
+        log(f"kernel caches -> {OUT / 'jit_cache.tgz'} ({got / 2**20:.1f} MiB): copy to /work/main/.stage/ for prepare.py")
+
+
+def pack(limit: int = TAR_FILE_LIMIT) -> None:
+    """The state folder into $OUT/run_all.tgz, files over `limit` left out (and listed); under 16 MiB (the most
+    one returned file may have), else packed again with a smaller limit."""
+    skipped: list[str] = []
+
     def small(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        return None if "/reference/" in f"/{info.name}/" or info.size > 20 * 2**20 else info
+        if "/reference/" in f"/{info.name}/" or info.size > limit:
+            skipped.append(f"{info.name} ({info.size / 2**20:.1f} MiB)")
+            return None
+        return info
 
     with tarfile.open(OUT / "run_all.tgz", "w:gz") as tf:
         tf.add(STATE, arcname=".", filter=small)
-    log(f"packed {STATE} -> {OUT / 'run_all.tgz'} ({(OUT / 'run_all.tgz').stat().st_size / 2**20:.1f} MiB)")
+    log(f"packed {STATE} -> {OUT / 'run_all.tgz'} ({(OUT / 'run_all.tgz').stat().st_size / 2**20:.1f} MiB)"
+        + (f"; left out: {', '.join(skipped[:8])}" if skipped else ""))
+    if (OUT / "run_all.tgz").stat().st_size > 15 * 2**20 and limit > 2**18:
+        pack(limit // 4)
 
 
 def _fmt(x: object, nd: int = 2) -> str:
@@ -208,9 +260,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-s", type=int, default=540, help="seconds for this call (the device tool stops at 600)")
     ap.add_argument("--steps", default=",".join(STEPS), help="which steps, in order (default: all three)")
+    ap.add_argument("--speed-suite", default=SUITES["speed"], help="the speed step's suite (default %(default)s)")
+    ap.add_argument("--quality-suite", default=SUITES["quality"], help="the quality step's suite (default %(default)s)")
     ap.add_argument("--caps", default=",".join(f"{k}:{v}" for k, v in DEFAULT_CAPS.items()),
                     help="step:seconds caps over all calls (default %(default)s)")
     args = ap.parse_args()
+    SUITES.update(speed=args.speed_suite, quality=args.quality_suite)
     OUT.mkdir(parents=True, exist_ok=True)
     restore()
     STATE.mkdir(parents=True, exist_ok=True)
@@ -242,7 +297,7 @@ def main() -> int:
             if left_call < MIN_STEP_S:
                 log(f"{step}: {left_call:.0f} s left in this call: call again to continue")
                 break
-            seconds = int(min(left_cap, left_call))
+            seconds = int(min(left_cap, left_call - 25))  # room for timeout's --kill-after 20 and the packing
             t0 = time.time()
             rc = run_step(step, seconds)
             spent = time.time() - t0
@@ -254,7 +309,7 @@ def main() -> int:
                 log(f"{step}: finished (exit {rc}, {spent:.0f} s; {used + spent:.0f} s in all)")
             elif rc == 2:
                 marker.write_text(f"bad input, exit 2 (see {step}.log)\n")
-                log(f"{step}: bad input (exit 2): see {OUT / (step + '.log')}; moving on")
+                log(f"{step}: bad input (exit 2): see last_step.log ({STATE / (step + '.log')}); moving on")
             else:
                 log(f"{step}: stopped (exit {rc}) after {spent:.0f} s; {used + spent:.0f} of {caps[step]} s used: "
                     "the next call resumes it")
@@ -265,9 +320,8 @@ def main() -> int:
             speed_summary()
         except Exception as exc:  # noqa: BLE001 - a summary problem must not lose the packed results
             log(f"speed summary failed: {type(exc).__name__}: {exc}")
-        if (STATE / "fidelity-out" / "fidelity").exists():
-            shutil.copytree(STATE / "fidelity-out", OUT / "fidelity-out", dirs_exist_ok=True)
         pack()
+        save_jit()
     todo = [s for s in steps if not (STATE / f"{s}.done").exists()]
     log("all steps done" if not todo else f"not done yet: {', '.join(todo)} (call again)")
     return 0 if not todo else 3
