@@ -13,6 +13,10 @@ step cut by the budget leaves its finished parts on disk):
              serve` on one `vllm serve` (SmolLM2-135M) at c1, c4, c16.
 3. quality   `qeval run suites/gpu/smoke.yaml` (KL on the vllm cells, int8_sq
              on vllm), resumed where it stopped.
+4. fidelity8b only with `--steps ...,fidelity8b`: the fidelity benchmark on a
+             `vllm serve --load-format dummy` of the Llama-3.1-8B shape, c16 and
+             c64 (not run anywhere yet: an 8B dummy server does not fit this
+             CPU machine).
 
 State lives in /tmp/qeval-run-all (kept while the machine stays warm): a
 done-marker per step (`<step>.done`), the seconds each step has used
@@ -50,12 +54,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 STATE = Path(os.environ.get("QEVAL_RUN_ALL_STATE", "/tmp/qeval-run-all"))
 OUT = Path(os.environ.get("OUT") or "/tmp/qeval-gpu-out")
-STEPS = ("speed", "fidelity", "quality")
+STEPS = ("speed", "fidelity", "quality", "fidelity8b")
+DEFAULT_STEPS = ("speed", "fidelity", "quality")  # fidelity8b (c16/c64 on the 8B shape) only when asked
 # Seconds per step over all calls: together about 21 min of GPU time (a fresh machine's first vLLM start
 # spends ~2 min in kernel JIT; an 8B engine start with torch.compile and CUDA graphs ~1-2 min per precision,
 # then ~45 s of probing: 5 cells ~ 10 min). The quality suite needs ~15 min from scratch (RESULTS.md: its cells
 # took 800 s before KL on vllm was added): its cap gets what is left, and it resumes in a later session.
-DEFAULT_CAPS = {"speed": 660, "fidelity": 300, "quality": 300}
+DEFAULT_CAPS = {"speed": 660, "fidelity": 300, "quality": 300, "fidelity8b": 300}
 SUITES = {"speed": "suites/gpu/speed-8b.yaml", "quality": "suites/gpu/smoke.yaml"}
 MIN_STEP_S = 45
 JIT_DIRS = {"TRITON_CACHE_DIR": ".triton/cache", "VLLM_CACHE_ROOT": ".cache/vllm"}
@@ -122,12 +127,18 @@ def step_command(step: str, seconds: int) -> tuple[list[str], dict[str, str]]:
         env["OUT"] = str(fid_out)  # run_fidelity.sh writes under $OUT: keep it with the state, packed at the end
         # run_fidelity.sh has its own `timeout` at its first argument: a little under ours
         return ["bash", str(HERE / "run_fidelity.sh"), str(max(60, seconds - 30)), "1", "4", "16"], env
+    if step == "fidelity8b":  # the same benchmark on a dummy-weight 8B-shape server, at c16 and c64
+        out = STATE / "fidelity8b"
+        out.mkdir(parents=True, exist_ok=True)
+        return [sys.executable, "-u", str(REPO / "benchmarks" / "bench_latency_fidelity.py"), "--speed-shape",
+                "llama-3.1-8b", "--out", str(out), "--input-len", "256", "--output-len", "64", "--num-prompts", "128",
+                "--warmups", "4", "--concurrency", "16", "64", "--rounds", "2"], env
     return qeval_cmd(step), env
 
 
 def finished(step: str, rc: int) -> bool:
     """qeval's exit codes 0/1/3 all mean the run finished and its report is written; 2 is bad input."""
-    if step == "fidelity":
+    if step.startswith("fidelity"):
         return rc == 0
     return rc in (0, 1, 3)
 
@@ -259,7 +270,8 @@ def speed_summary() -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-s", type=int, default=540, help="seconds for this call (the device tool stops at 600)")
-    ap.add_argument("--steps", default=",".join(STEPS), help="which steps, in order (default: all three)")
+    ap.add_argument("--steps", default=",".join(DEFAULT_STEPS),
+                    help=f"which steps, in order (default %(default)s; also: fidelity8b)")
     ap.add_argument("--speed-suite", default=SUITES["speed"], help="the speed step's suite (default %(default)s)")
     ap.add_argument("--quality-suite", default=SUITES["quality"], help="the quality step's suite (default %(default)s)")
     ap.add_argument("--caps", default=",".join(f"{k}:{v}" for k, v in DEFAULT_CAPS.items()),
