@@ -13,12 +13,14 @@ import json
 import math
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 
 from qeval import load_profiles, stats
 from qeval.cli import main
 from qeval.errors import QevalError
+from qeval.report.schema import load_schema
 from qeval.speed_only import LABEL
 from qeval.suite import load_suite
 
@@ -203,6 +205,7 @@ def test_a_dummy_weight_vllm_engine_runs_the_latency_path_and_the_report_labels_
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["speed_only"]["label"] == LABEL and manifest["model"]["sha256"].startswith("synthetic:")
     results = json.loads((run_dir / "results.json").read_text())
+    jsonschema.Draft202012Validator(load_schema()).validate(results)  # sweep, goodput and its ratio included
     labels = {c["id"]: c["label"] for c in results["cells"]}
     assert labels == {"bf16-vllm": LABEL, "int8_sq-vllm": LABEL, "fp8-vllm": "not run: engine unavailable here"}
     # The candidate ran at the baseline's sweep rate on the same prompts; its speed-ups carry intervals.
