@@ -138,6 +138,10 @@ def cell_evidence(store: RunStore, suite: Suite, cell: Cell, status: dict[str, d
         if st.get("state") == "error":
             return [ErrorEvidence(cell.precision, cell.backend, f"{role} cell {c.id} failed: {st.get('cause')}")]
     evidence: list[Evidence] = []
+    if suite.speed_only or (status.get(cell.id) or {}).get("weights") == "synthetic":
+        # Synthetic weights have no quality: only latency is evidence, whatever else lies in the cell's folder.
+        return [LatencyEvidence(candidate=cell.precision, backend=cell.backend, **point)
+                for point in (latency or {}).get("percentiles", [])]
     simulated = ((status.get(cell.id) or {}).get("kernels") or {}).get(cell.precision) == "simulated"
     progress = store.read_json(cell.id, "progress.json")
     for task in suite.tasks:
