@@ -14,14 +14,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from qeval.errors import EXIT_BAD_INPUT, QevalError
 
 EXIT_OK = 0
 EXIT_BLOCKED = 1
 EXIT_NOT_RUN = 3
+EXIT_INTERRUPTED = 130
 
 
 def _offline_env() -> None:
@@ -38,7 +41,6 @@ def _offline_env() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from qeval.runner import new_run_dir, run_suite
-    from qeval.suite import load_suite
 
     if args.resume is not None and not Path(args.resume).is_dir():
         raise QevalError(f"run directory {args.resume} does not exist", field="--resume",
@@ -50,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite_arg = args.suite
     if args.resume is not None and suite_arg is None:
         suite_arg = Path(args.resume) / "suite.yaml"
-    suite, suite_path = load_suite(suite_arg)
+    suite, suite_path, suite_text, overrides = _suite_for_run(args, suite_arg)
     resume = args.resume is not None
     reports_dir = Path(args.reports_dir)
     # Checked before the run starts: otherwise the run would fail creating its directory, with a traceback.
@@ -65,10 +67,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise QevalError(f"{reports_dir} is not writable by this user", field="--reports-dir",
                          fix="pass a directory you can write to")
     run_dir = Path(args.resume) if resume else new_run_dir(reports_dir, suite)
-    store = run_suite(suite, suite_path, run_dir, resume=resume,
-                      allow_changed=parse_allow_changed(args.allow_changed))
+    try:
+        store = run_suite(suite, suite_path, run_dir, resume=resume,
+                          allow_changed=parse_allow_changed(args.allow_changed),
+                          suite_text=suite_text, overrides=overrides)
+    except KeyboardInterrupt:
+        print(interrupted_message(run_dir), file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"run directory: {store.root}")
     return finish(store.root)
+
+
+def _suite_for_run(args: argparse.Namespace, suite_arg: str | Path | None
+                   ) -> tuple[Any, Path, bytes | None, dict[str, Any]]:
+    """(suite, its path, the suite.yaml text to write (None: the file's bytes), the overrides) for `qeval run`:
+    a suite file as it is, or flags alone or over a file (qeval.suite_flags)."""
+    from qeval import suite_flags
+    from qeval.suite import load_suite, read_yaml, resolve_suite_path
+
+    flags = suite_flags.SuiteFlags(model=args.model, candidates=args.candidates, tasks=args.tasks,
+                                   backends=args.backends, limit=args.limit, margin=args.margin, alpha=args.alpha,
+                                   name=args.name, calibration=args.calibration, sets=args.set or [])
+    if not flags.given():
+        suite, path = load_suite(suite_arg)
+        return suite, path, None, {}
+    if suite_arg is None:  # flags alone: no file (messages say "command line"; relative paths are the cwd's)
+        suite, over = suite_flags.build(None, flags, base_file=None)
+        path = Path(suite_flags.CLI_SOURCE)
+    else:
+        path = resolve_suite_path(suite_arg)
+        load_suite(path)  # the file must be valid on its own: its own problems are named as its own
+        suite, over = suite_flags.build(read_yaml(path), flags, base_file=str(path))
+    _check_source_after_flags(suite, path)
+    return suite, path, suite_flags.suite_yaml(suite, over, None if suite_arg is None else str(path)), over
+
+
+def _check_source_after_flags(suite: Any, path: Path) -> None:
+    """--model: the same folder checks as a suite file's model.source."""
+    from qeval.suite import check_model_source
+
+    try:
+        check_model_source(suite, path)
+    except QevalError as err:
+        raise QevalError(err.problem, file="command line" if err.field == "model.source" else err.file,
+                         field="--model (model.source)" if err.field == "model.source" else err.field,
+                         fix=err.fix.replace(" (relative to the suite file)", "") if err.fix else None) from None
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What to type to continue an interrupted run (nothing finished is recomputed)."""
+    if not (run_dir / "manifest.json").is_file():
+        return "qeval: interrupted before the run directory was written; nothing to resume (run the command again)"
+    return (f"qeval: interrupted; results written so far are kept in {run_dir}\n"
+            f"  continue with: qeval run --resume {shlex.quote(str(run_dir))}")
 
 
 def parse_allow_changed(values: list[str] | None) -> list[str]:
@@ -181,7 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --resume: let through a change of this recorded field (e.g. model.weights_sha256, "
                           "or a group: versions) that you vouch leaves the results as they are; recorded in the "
                           "manifest (repeatable, comma-separated; default: none, any change is refused)")
-    run.add_argument("--reports-dir", default="reports", help="where run directories are created (default: reports)")
+    run.add_argument("--reports-dir", "--out", default="reports",
+                     help="where run directories are created (default: reports)")
+    flags = run.add_argument_group("suite from flags", "build a suite without YAML, or override fields of the "
+                                   "suite file; the effective suite is written to the run directory as suite.yaml "
+                                   "and the flags are recorded in the manifest (suite.overrides)")
+    flags.add_argument("--model", metavar="PATH_OR_BUILTIN", help="model.source: a local Hugging Face folder or "
+                       "a built-in model (smollm2-135m-instruct, the default)")
+    flags.add_argument("--candidates", metavar="LIST", help="precisions to compare with the baseline, e.g. "
+                       "fp8,int8_wo (`qeval list precisions`)")
+    flags.add_argument("--tasks", metavar="LIST", help="lm-eval tasks, e.g. bigbench_mc_physics,bigbench_mc_social_iqa"
+                       " (`qeval list tasks`); tasks the suite file has keep their settings")
+    flags.add_argument("--backends", metavar="LIST", help="engines, e.g. hf,vllm (default: hf)")
+    flags.add_argument("--limit", type=int, metavar="N", help="documents per task (every task's limit; the "
+                       "sampling design draws them in its seeded order)")
+    flags.add_argument("--margin", type=float, metavar="M", help="gate.margin: the non-inferiority margin (points)")
+    flags.add_argument("--alpha", type=float, metavar="A", help="gate.alpha: the one-sided level of each test")
+    flags.add_argument("--name", help="the suite name, which starts the run directory's name (default: cli)")
+    flags.add_argument("--calibration", metavar="SET", help="calibration set (`qeval list calibration-sets`; "
+                       "default without a suite file: bigbench-mixed)")
+    flags.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any other suite field, YAML-typed, "
+                       "e.g. --set latency.enabled=false --set divergence.task_prompts=8 (repeatable)")
     run.set_defaults(func=cmd_run)
 
     report = sub.add_parser("report", help="gate a run directory and write its reports")
@@ -236,10 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     except QevalError as err:
         print(f"qeval: error: {err.render()}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("qeval: interrupted; results written so far are kept (resume with --resume RUN_DIR)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # outside a run (a run prints its own resume command)
+        print("qeval: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

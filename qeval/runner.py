@@ -28,7 +28,7 @@ from qeval.errors import QevalError
 from qeval.manifest import build_manifest
 from qeval.paths import check_name, under
 from qeval.store import RunStore, read_manifest, write_bytes_atomic, write_json_atomic
-from qeval.suite import Suite, suite_hash
+from qeval.suite import Suite, suite_hash, suite_identity
 from qeval.timings import record_step
 
 log = logging.getLogger(__name__)
@@ -195,13 +195,15 @@ def load_tokenizer(model_dir: Path, suite: Suite, suite_path: Path) -> Any:
                          "(tokenizer.save_pretrained into the model folder)") from None
 
 
-def check_resume(store: RunStore, suite_sha: str) -> None:
+def check_resume(store: RunStore, suite_sha: str, legacy_sha: str | None = None) -> None:
+    """Refuse a resume with another suite. `legacy_sha`: the file-bytes hash runs made before the content
+    identity (qeval.suite.suite_identity) recorded; they resume with the same file."""
     path = store.root / "manifest.json"
     if not path.exists():
         raise QevalError(f"{store.root} is not a qeval run directory (no manifest.json)",
                          fix="pass the directory that a previous `qeval run` printed")
     previous = read_manifest(store.root)["suite"]["sha256"]
-    if previous != suite_sha:
+    if previous not in (suite_sha, legacy_sha):
         raise QevalError(f"the suite changed since {store.root} was started; resuming would mix results",
                          file=str(path), field="suite.sha256",
                          fix="resume with the same suite file, or start a new run")
@@ -232,7 +234,8 @@ def resume_manifest(store: RunStore, now: dict[str, Any], artifacts: dict[str, d
 
 
 def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = False,
-              only: set[str] | None = None, allow_changed: list[str] | None = None) -> RunStore:
+              only: set[str] | None = None, allow_changed: list[str] | None = None,
+              suite_text: bytes | None = None, overrides: dict[str, Any] | None = None) -> RunStore:
     """Run (or resume) a suite into `run_dir`.
 
     Args:
@@ -240,6 +243,9 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
             versions and engine: qeval.identity), reusing every finished result.
         only: cell ids to run (the baselines they need are added); None runs the whole plan.
         allow_changed: identity fields (or groups) whose change a resume lets through, recorded in the manifest.
+        suite_text: what the run directory's suite.yaml holds (default: the bytes of `suite_path`); the
+            effective suite when command-line flags built or changed it (qeval.suite_flags).
+        overrides: the fields those flags set, recorded in the manifest (suite.overrides).
     """
     from qeval import identity, provenance
     from qeval.assets.model import model_hash
@@ -247,10 +253,10 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
     if allow_changed and not resume:
         raise QevalError("--allow-changed applies to a resume only", field="--allow-changed",
                          fix="add --resume RUN_DIR, or drop --allow-changed for a new run")
-    sha = suite_hash(suite_path)
+    sha = suite_identity(suite)
     store = RunStore(run_dir)
     if resume:
-        check_resume(store, sha)
+        check_resume(store, sha, suite_hash(suite_path) if suite_path.is_file() else None)
     # Assets and task names are checked before the run directory exists: bad input leaves nothing behind.
     t0 = time.perf_counter()
     model_dir, task_manager = prepare_assets(suite, suite_path)
@@ -278,12 +284,14 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
             raise QevalError(f"cannot create the run directory {store.root} ({type(exc).__name__}: "
                              f"{exc.strerror or exc})", field="--reports-dir",
                              fix="choose a reports directory you can write to") from None
-        write_bytes_atomic(store.root / "suite.yaml", suite_path.read_bytes())
+        write_bytes_atomic(store.root / "suite.yaml", suite_text if suite_text is not None else suite_path.read_bytes())
         manifest = build_manifest(
             run_id=store.root.name, suite_name=suite.name, suite_path=suite_path, suite_hash=sha,
             model_source=suite.model.source, model_hash=weights_hash,
             seeds=suite.seeds.model_dump(), plan=[c.id for c in cells], compute=ctx.compute.as_record(),
             sampling=design)
+        if overrides:
+            manifest["suite"]["overrides"] = overrides
         manifest.update(identity=now, artifacts=artifacts)
         write_json_atomic(store.root / "manifest.json", manifest)
     store.bind_artifacts({cell: entry.get("key") for cell, entry in manifest.get("artifacts", artifacts).items()})
