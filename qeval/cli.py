@@ -219,6 +219,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from qeval.catalog import listing
+
+    print("\n".join(listing(args.kind, args.grep)))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from qeval.catalog import show_precision
+
+    print("\n".join(show_precision(args.name)))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from qeval.export import export
+
+    written = export(_run_dir_arg(args.run_dir), args.format, Path(args.out) if args.out else None)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qeval", description="Which precision of this model may ship, on which engine?")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -288,6 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
                                            "1 if anything did (names it)")
     verify.add_argument("run_dir", metavar="RUN_DIR")
     verify.set_defaults(func=cmd_verify)
+
+    lister = sub.add_parser("list", help="what qeval knows, one line each, with what runs it on this machine")
+    lister.add_argument("kind", choices=("precisions", "tasks", "backends", "calibration-sets"))
+    lister.add_argument("--grep", metavar="WORD", default=None, help="only lines containing WORD (any case)")
+    lister.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="one precision's full recipe: ModelOpt config, TensorRT-LLM QuantAlgo, "
+                                       "vLLM arguments, kernels per engine")
+    show.add_argument("what", choices=("precision",))
+    show.add_argument("name", metavar="NAME")
+    show.set_defaults(func=cmd_show)
+
+    exporter = sub.add_parser("export", help="a run's decisions and per-sample paired records as tables "
+                                             "(columns: docs/export.md)")
+    exporter.add_argument("run_dir", metavar="RUN_DIR")
+    exporter.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="csv",
+                          help="table format (default: csv; parquet needs pyarrow)")
+    exporter.add_argument("--out", metavar="DIR", default=None, help="where to write (default: RUN_DIR/export)")
+    exporter.set_defaults(func=cmd_export)
 
     fetch = sub.add_parser("fetch", help="bring the offline model and BIG-bench tasks into the cache")
     fetch.set_defaults(func=cmd_fetch)
