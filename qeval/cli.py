@@ -145,11 +145,19 @@ def finish(run_dir: Path) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "manifest.json").is_file():
-        raise QevalError(f"{run_dir} is not a qeval run directory (no manifest.json)", field="RUN_DIR",
-                         fix="pass a directory that `qeval run` created under reports/")
-    return finish(run_dir)
+    run_dir = _run_dir_arg(args.run_dir)
+    code = finish(run_dir)
+    if args.plots is not None:
+        import json
+
+        from qeval.report.figures import write_figures
+
+        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        done = write_figures(results, Path(args.plots))
+        print("plots: " + ", ".join(str(p) for p in done.written))
+        for name, why in done.skipped.items():
+            print(f"plots: {name} not drawn: {why}")
+    return code
 
 
 def _run_dir_arg(value: str) -> Path:
@@ -280,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="gate a run directory and write its reports")
     report.add_argument("run_dir")
+    report.add_argument("--plots", metavar="DIR", default=None,
+                        help="also write comparison figures (forest, KL vs accuracy, quality vs speed) as PNG and "
+                             "SVG into DIR")
     report.set_defaults(func=cmd_report)
 
     plan = sub.add_parser("plan", help="before a run: the n each task needs for the suite's margin, alpha and "
