@@ -63,6 +63,17 @@ class Context:
     budget: Any = None  # qeval.sampling.Budget shared by every cell
     baselines: dict[str, Any] = field(default_factory=dict)  # backend -> open baseline QevalLM (extended on demand)
     engine_share: float = 0.9  # the GPU memory an engine may take (two share it in adaptive designs)
+    progress: dict[str, Any] = field(default_factory=dict)  # cell id -> qeval.progress.CellProgress
+
+    def cell_progress(self, cell_id: str) -> Any:
+        """Items done / planned and the ETA of one cell (created on its first look)."""
+        from qeval.progress import CellProgress
+
+        if cell_id not in self.progress:
+            done = sum(len(self.store.read_samples(cell_id, t)) for t in self.task_plans)
+            self.progress[cell_id] = CellProgress(cell_id, sum(p.planned_n for p in self.task_plans.values()),
+                                                  done, adaptive=self.suite.sampling.mode != "fixed")
+        return self.progress[cell_id]
 
     def baseline_lm(self, backend: str) -> Any:
         """The baseline on `backend`, opened on first use and kept open while that backend's candidates may
