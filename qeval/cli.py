@@ -1,4 +1,4 @@
-"""Command line: `qeval run | plan | report | compare | sign-off | verify | fetch`.
+"""Command line: `qeval run | plan | report | compare | sign-off | verify | list | show | export | fetch`.
 
 Exit codes: 0 the run finished, no candidate is blocked and every cell ran;
 1 a candidate is BLOCKed or a cell ended in ERROR (`verify`: something changed
