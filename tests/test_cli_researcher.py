@@ -41,16 +41,38 @@ def _one_error(err: str) -> str:
     return err[err.index("qeval: error:"):]
 
 
+def _interrupted_flag_run(reports: Path) -> tuple[Path, str]:
+    """`qeval run FLAGS` in a subprocess, stopped by a real SIGINT (Ctrl-C) once its run directory exists (the
+    manifest is written before the first cell): (the run directory, stderr)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "qeval.cli", "run", *FLAGS, "--out", str(reports)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    while proc.poll() is None and not list(reports.glob("*/manifest.json")):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    assert proc.returncode == 130, err[-3000:]
+    [run_dir] = list(reports.iterdir())
+    return run_dir, err
+
+
 @pytest.mark.slow
 def test_a_flag_built_run_and_the_equivalent_yaml_are_one_suite(tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    reports = tmp_path / "reports"
-    rc = main(["run", *FLAGS, "--out", str(reports)])
+    # Ctrl-C prints the exact command that continues the run; that command finishes it.
+    run_dir, err = _interrupted_flag_run(tmp_path / "reports")
+    assert f"continue with: qeval run --resume {run_dir}" in err and "Traceback" not in err
+    rc = main(["run", "--resume", str(run_dir)])
     out = capsys.readouterr()
     assert rc == 0, out.err[-3000:]
-    [run_dir] = list(reports.iterdir())
     assert f"run directory: {run_dir}" in out.out
-    # Progress: the cell's items done / planned with an ETA, after its look.
+    # Progress: each cell's items done / planned with an ETA, after its look.
     assert "int8_wo-hf: 4/4 items (100%), ETA 0:00:00" in out.err and "bf16-hf: 4/4 items" in out.err
     manifest = json.loads((run_dir / "manifest.json").read_text())
     written, _ = load_suite(run_dir / "suite.yaml")  # the effective suite, every field: it repeats the run
@@ -209,3 +231,4 @@ def test_the_written_suite_round_trips() -> None:
 
     again = Suite.model_validate(yaml.safe_load(suite_flags.suite_yaml(suite, over, None)))
     assert again == suite and suite_identity(again) == suite_identity(suite)
+
