@@ -206,7 +206,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from qeval.forecast import forecast, render
-    from qeval.suite import load_suite
 
     if args.pilot < 0:
         raise QevalError(f"--pilot must be 0 or more documents, got {args.pilot}", field="--pilot",
@@ -214,7 +213,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.flip_rate is not None and not 0 < args.flip_rate <= 1:
         raise QevalError(f"--flip-rate must be in (0, 1], got {args.flip_rate}", field="--flip-rate",
                          fix="a fraction, e.g. 0.1 for 10% of answers flipping")
-    suite, suite_path = load_suite(args.suite)
+    suite, suite_path, _, _ = _suite_for_run(args, args.suite)  # a suite file, flags, or flags over a file
     print(render(forecast(suite, suite_path, flip_rate=args.flip_rate, pilot=args.pilot,
                           seconds_per_item=args.seconds_per_item)))
     return EXIT_OK
@@ -250,22 +249,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qeval", description="Which precision of this model may ship, on which engine?")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    run = sub.add_parser("run", help="run a suite (default: the built-in smoke suite)")
-    run.add_argument("suite", nargs="?", default=None, help="suite YAML path or built-in name (default: smoke)")
-    run.add_argument("--resume", metavar="RUN_DIR", default=None,
-                     help="continue an interrupted run; recomputes nothing that finished")
-    run.add_argument("--allow-changed", metavar="FIELD", action="append", default=None,
-                     help="with --resume: let through a change of this recorded field (e.g. model.weights_sha256, "
-                          "or a group: versions) that you vouch leaves the results as they are; recorded in the "
-                          "manifest (repeatable, comma-separated; default: none, any change is refused)")
-    run.add_argument("--reports-dir", "--out", default="reports",
-                     help="where run directories are created (default: reports)")
-    flags = run.add_argument_group("suite from flags", "build a suite without YAML, or override fields of the "
+def add_suite_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that build a suite or override a suite file's fields (`qeval run`, `qeval plan`)."""
+    flags = parser.add_argument_group("suite from flags", "build a suite without YAML, or override fields of the "
                                    "suite file; the effective suite is written to the run directory as suite.yaml "
                                    "and the flags are recorded in the manifest (suite.overrides)")
     flags.add_argument("--model", metavar="PATH_OR_BUILTIN", help="model.source: a local Hugging Face folder or "
@@ -284,6 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
                        "default without a suite file: bigbench-mixed)")
     flags.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any other suite field, YAML-typed, "
                        "e.g. --set latency.enabled=false --set divergence.task_prompts=8 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qeval", description="Which precision of this model may ship, on which engine?")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite (default: the built-in smoke suite)")
+    run.add_argument("suite", nargs="?", default=None, help="suite YAML path or built-in name (default: smoke)")
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue an interrupted run; recomputes nothing that finished")
+    run.add_argument("--allow-changed", metavar="FIELD", action="append", default=None,
+                     help="with --resume: let through a change of this recorded field (e.g. model.weights_sha256, "
+                          "or a group: versions) that you vouch leaves the results as they are; recorded in the "
+                          "manifest (repeatable, comma-separated; default: none, any change is refused)")
+    run.add_argument("--reports-dir", "--out", default="reports",
+                     help="where run directories are created (default: reports)")
+    add_suite_flags(run)
     run.set_defaults(func=cmd_run)
 
     report = sub.add_parser("report", help="gate a run directory and write its reports")
@@ -302,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="measure the flip rate and seconds per item on N documents per task (baseline and the "
                            "first candidate on hf; default 0: no model runs)")
     plan.add_argument("--seconds-per-item", type=float, default=None, help="cost per item where no pilot runs")
+    add_suite_flags(plan)
     plan.set_defaults(func=cmd_plan)
 
     compare = sub.add_parser("compare", help="what changed from run A (e.g. last release) to run B")

@@ -232,3 +232,14 @@ def test_the_written_suite_round_trips() -> None:
     again = Suite.model_validate(yaml.safe_load(suite_flags.suite_yaml(suite, over, None)))
     assert again == suite and suite_identity(again) == suite_identity(suite)
 
+
+
+def test_plan_takes_the_same_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """`qeval plan` before a flag-built run: the n it needs for the margin, from the same flags (no model runs)."""
+    assert main(["plan", "--candidates", "fp8,int8_wo", "--tasks", "bigbench_mc_physics", "--limit", "50",
+                 "--margin", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "2 planned cells" in out and "| bigbench_mc_physics | 5 pts |" in out
+    assert "items per cell: 50 as the suite stands" in out
+    assert main(["plan", "--candidates", "fp8", "--tasks", "bigbench_mc_physics", "--limit", "0"]) == 2
+    assert "--limit" in _one_error(capsys.readouterr().err)
