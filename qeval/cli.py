@@ -1,4 +1,4 @@
-"""Command line: `qeval run | plan | report | compare | sign-off | verify | fetch`.
+"""Command line: `qeval run | plan | report | compare | sign-off | verify | list | show | export | fetch`.
 
 Exit codes: 0 the run finished, no candidate is blocked and every cell ran;
 1 a candidate is BLOCKed or a cell ended in ERROR (`verify`: something changed
@@ -14,14 +14,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from qeval.errors import EXIT_BAD_INPUT, QevalError
 
 EXIT_OK = 0
 EXIT_BLOCKED = 1
 EXIT_NOT_RUN = 3
+EXIT_INTERRUPTED = 130
 
 
 def _offline_env() -> None:
@@ -38,7 +41,6 @@ def _offline_env() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from qeval.runner import new_run_dir, run_suite
-    from qeval.suite import load_suite
 
     if args.resume is not None and not Path(args.resume).is_dir():
         raise QevalError(f"run directory {args.resume} does not exist", field="--resume",
@@ -50,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite_arg = args.suite
     if args.resume is not None and suite_arg is None:
         suite_arg = Path(args.resume) / "suite.yaml"
-    suite, suite_path = load_suite(suite_arg)
+    suite, suite_path, suite_text, overrides = _suite_for_run(args, suite_arg)
     resume = args.resume is not None
     reports_dir = Path(args.reports_dir)
     # Checked before the run starts: otherwise the run would fail creating its directory, with a traceback.
@@ -65,10 +67,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise QevalError(f"{reports_dir} is not writable by this user", field="--reports-dir",
                          fix="pass a directory you can write to")
     run_dir = Path(args.resume) if resume else new_run_dir(reports_dir, suite)
-    store = run_suite(suite, suite_path, run_dir, resume=resume,
-                      allow_changed=parse_allow_changed(args.allow_changed))
+    try:
+        store = run_suite(suite, suite_path, run_dir, resume=resume,
+                          allow_changed=parse_allow_changed(args.allow_changed),
+                          suite_text=suite_text, overrides=overrides)
+    except KeyboardInterrupt:
+        print(interrupted_message(run_dir), file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"run directory: {store.root}")
     return finish(store.root)
+
+
+def _suite_for_run(args: argparse.Namespace, suite_arg: str | Path | None
+                   ) -> tuple[Any, Path, bytes | None, dict[str, Any]]:
+    """(suite, its path, the suite.yaml text to write (None: the file's bytes), the overrides) for `qeval run`:
+    a suite file as it is, or flags alone or over a file (qeval.suite_flags)."""
+    from qeval import suite_flags
+    from qeval.suite import load_suite, read_yaml, resolve_suite_path
+
+    flags = suite_flags.SuiteFlags(model=args.model, candidates=args.candidates, tasks=args.tasks,
+                                   backends=args.backends, limit=args.limit, margin=args.margin, alpha=args.alpha,
+                                   name=args.name, calibration=args.calibration, sets=args.set or [])
+    if not flags.given():
+        suite, path = load_suite(suite_arg)
+        return suite, path, None, {}
+    if suite_arg is None:  # flags alone: no file (messages say "command line"; relative paths are the cwd's)
+        suite, over = suite_flags.build(None, flags, base_file=None)
+        path = Path(suite_flags.CLI_SOURCE)
+    else:
+        path = resolve_suite_path(suite_arg)
+        load_suite(path)  # the file must be valid on its own: its own problems are named as its own
+        suite, over = suite_flags.build(read_yaml(path), flags, base_file=str(path))
+    _check_source_after_flags(suite, path)
+    return suite, path, suite_flags.suite_yaml(suite, over, None if suite_arg is None else str(path)), over
+
+
+def _check_source_after_flags(suite: Any, path: Path) -> None:
+    """--model: the same folder checks as a suite file's model.source."""
+    from qeval.suite import check_model_source
+
+    try:
+        check_model_source(suite, path)
+    except QevalError as err:
+        raise QevalError(err.problem, file="command line" if err.field == "model.source" else err.file,
+                         field="--model (model.source)" if err.field == "model.source" else err.field,
+                         fix=err.fix.replace(" (relative to the suite file)", "") if err.fix else None) from None
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """What to type to continue an interrupted run (nothing finished is recomputed)."""
+    if not (run_dir / "manifest.json").is_file():
+        return "qeval: interrupted before the run directory was written; nothing to resume (run the command again)"
+    return (f"qeval: interrupted; results written so far are kept in {run_dir}\n"
+            f"  continue with: qeval run --resume {shlex.quote(str(run_dir))}")
 
 
 def parse_allow_changed(values: list[str] | None) -> list[str]:
@@ -94,11 +145,19 @@ def finish(run_dir: Path) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "manifest.json").is_file():
-        raise QevalError(f"{run_dir} is not a qeval run directory (no manifest.json)", field="RUN_DIR",
-                         fix="pass a directory that `qeval run` created under reports/")
-    return finish(run_dir)
+    run_dir = _run_dir_arg(args.run_dir)
+    code = finish(run_dir)
+    if args.plots is not None:
+        import json
+
+        from qeval.report.figures import write_figures
+
+        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        done = write_figures(results, Path(args.plots))
+        print("plots: " + ", ".join(str(p) for p in done.written))
+        for name, why in done.skipped.items():
+            print(f"plots: {name} not drawn: {why}")
+    return code
 
 
 def _run_dir_arg(value: str) -> Path:
@@ -147,7 +206,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from qeval.forecast import forecast, render
-    from qeval.suite import load_suite
 
     if args.pilot < 0:
         raise QevalError(f"--pilot must be 0 or more documents, got {args.pilot}", field="--pilot",
@@ -155,7 +213,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.flip_rate is not None and not 0 < args.flip_rate <= 1:
         raise QevalError(f"--flip-rate must be in (0, 1], got {args.flip_rate}", field="--flip-rate",
                          fix="a fraction, e.g. 0.1 for 10% of answers flipping")
-    suite, suite_path = load_suite(args.suite)
+    suite, suite_path, _, _ = _suite_for_run(args, args.suite)  # a suite file, flags, or flags over a file
     print(render(forecast(suite, suite_path, flip_rate=args.flip_rate, pilot=args.pilot,
                           seconds_per_item=args.seconds_per_item)))
     return EXIT_OK
@@ -166,6 +224,52 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     print(compare_runs(Path(args.run_a), Path(args.run_b)))
     return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from qeval.catalog import listing
+
+    print("\n".join(listing(args.kind, args.grep)))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from qeval.catalog import show_precision
+
+    print("\n".join(show_precision(args.name)))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from qeval.export import export
+
+    written = export(_run_dir_arg(args.run_dir), args.format, Path(args.out) if args.out else None)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def add_suite_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that build a suite or override a suite file's fields (`qeval run`, `qeval plan`)."""
+    flags = parser.add_argument_group("suite from flags", "build a suite without YAML, or override fields of the "
+                                   "suite file; the effective suite is written to the run directory as suite.yaml "
+                                   "and the flags are recorded in the manifest (suite.overrides)")
+    flags.add_argument("--model", metavar="PATH_OR_BUILTIN", help="model.source: a local Hugging Face folder or "
+                       "a built-in model (smollm2-135m-instruct, the default)")
+    flags.add_argument("--candidates", metavar="LIST", help="precisions to compare with the baseline, e.g. "
+                       "fp8,int8_wo (`qeval list precisions`)")
+    flags.add_argument("--tasks", metavar="LIST", help="lm-eval tasks, e.g. bigbench_mc_physics,bigbench_mc_social_iqa"
+                       " (`qeval list tasks`); tasks the suite file has keep their settings")
+    flags.add_argument("--backends", metavar="LIST", help="engines, e.g. hf,vllm (default: hf)")
+    flags.add_argument("--limit", type=int, metavar="N", help="documents per task (every task's limit; the "
+                       "sampling design draws them in its seeded order)")
+    flags.add_argument("--margin", type=float, metavar="M", help="gate.margin: the non-inferiority margin (points)")
+    flags.add_argument("--alpha", type=float, metavar="A", help="gate.alpha: the one-sided level of each test")
+    flags.add_argument("--name", help="the suite name, which starts the run directory's name (default: cli)")
+    flags.add_argument("--calibration", metavar="SET", help="calibration set (`qeval list calibration-sets`; "
+                       "default without a suite file: bigbench-mixed)")
+    flags.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any other suite field, YAML-typed, "
+                       "e.g. --set latency.enabled=false --set divergence.task_prompts=8 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,11 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --resume: let through a change of this recorded field (e.g. model.weights_sha256, "
                           "or a group: versions) that you vouch leaves the results as they are; recorded in the "
                           "manifest (repeatable, comma-separated; default: none, any change is refused)")
-    run.add_argument("--reports-dir", default="reports", help="where run directories are created (default: reports)")
+    run.add_argument("--reports-dir", "--out", default="reports",
+                     help="where run directories are created (default: reports)")
+    add_suite_flags(run)
     run.set_defaults(func=cmd_run)
 
     report = sub.add_parser("report", help="gate a run directory and write its reports")
     report.add_argument("run_dir")
+    report.add_argument("--plots", metavar="DIR", default=None,
+                        help="also write comparison figures (forest, KL vs accuracy, quality vs speed) as PNG and "
+                             "SVG into DIR")
     report.set_defaults(func=cmd_report)
 
     plan = sub.add_parser("plan", help="before a run: the n each task needs for the suite's margin, alpha and "
@@ -197,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="measure the flip rate and seconds per item on N documents per task (baseline and the "
                            "first candidate on hf; default 0: no model runs)")
     plan.add_argument("--seconds-per-item", type=float, default=None, help="cost per item where no pilot runs")
+    add_suite_flags(plan)
     plan.set_defaults(func=cmd_plan)
 
     compare = sub.add_parser("compare", help="what changed from run A (e.g. last release) to run B")
@@ -218,6 +328,25 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("run_dir", metavar="RUN_DIR")
     verify.set_defaults(func=cmd_verify)
 
+    lister = sub.add_parser("list", help="what qeval knows, one line each, with what runs it on this machine")
+    lister.add_argument("kind", choices=("precisions", "tasks", "backends", "calibration-sets"))
+    lister.add_argument("--grep", metavar="WORD", default=None, help="only lines containing WORD (any case)")
+    lister.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="one precision's full recipe: ModelOpt config, TensorRT-LLM QuantAlgo, "
+                                       "vLLM arguments, kernels per engine")
+    show.add_argument("what", choices=("precision",))
+    show.add_argument("name", metavar="NAME")
+    show.set_defaults(func=cmd_show)
+
+    exporter = sub.add_parser("export", help="a run's decisions and per-sample paired records as tables "
+                                             "(columns: docs/export.md)")
+    exporter.add_argument("run_dir", metavar="RUN_DIR")
+    exporter.add_argument("--format", choices=("csv", "parquet", "jsonl"), default="csv",
+                          help="table format (default: csv; parquet needs pyarrow)")
+    exporter.add_argument("--out", metavar="DIR", default=None, help="where to write (default: RUN_DIR/export)")
+    exporter.set_defaults(func=cmd_export)
+
     fetch = sub.add_parser("fetch", help="bring the offline model and BIG-bench tasks into the cache")
     fetch.set_defaults(func=cmd_fetch)
     return parser
@@ -236,10 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     except QevalError as err:
         print(f"qeval: error: {err.render()}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("qeval: interrupted; results written so far are kept (resume with --resume RUN_DIR)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # outside a run (a run prints its own resume command)
+        print("qeval: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

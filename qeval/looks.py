@@ -96,6 +96,7 @@ def evaluate_look(ctx: Any, cell_id: str, lm: Any, plan: sampling.TaskPlan, k: i
     spec = next(t for t in ctx.suite.tasks if t.name == plan.task)
     docs = plan.docs_for_look(k)
     start = plan.looks[k - 1] if k > 0 else 0
+    progress = ctx.cell_progress(cell_id)  # before the look: what is on disk now counts as done
     t0 = time.perf_counter()
     records = run_look(lm, spec, ctx.task_manager, ctx.suite.seeds, docs, positions=range(start, start + len(docs)),
                        look=k, aggregation=ctx.semantics[plan.task].aggregation)
@@ -105,6 +106,7 @@ def evaluate_look(ctx: Any, cell_id: str, lm: Any, plan: sampling.TaskPlan, k: i
     mean = sum(r["score"] for r in records) / len(records) if records else float("nan")
     log.info("%s %s: look %d/%d, %d documents (n=%d), mean %s %.4f (%.1fs)", cell_id, plan.task, k + 1,
              len(plan.looks), len(records), plan.looks[k], spec.metric, mean, seconds)
+    log.info("%s", progress.advance(len(records), seconds))  # items done / planned, ETA
     return len(records)
 
 

@@ -28,7 +28,7 @@ from qeval.errors import QevalError
 from qeval.manifest import build_manifest
 from qeval.paths import check_name, under
 from qeval.store import RunStore, read_manifest, write_bytes_atomic, write_json_atomic
-from qeval.suite import Suite, suite_hash
+from qeval.suite import Suite, suite_hash, suite_identity
 from qeval.timings import record_step
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,17 @@ class Context:
     budget: Any = None  # qeval.sampling.Budget shared by every cell
     baselines: dict[str, Any] = field(default_factory=dict)  # backend -> open baseline QevalLM (extended on demand)
     engine_share: float = 0.9  # the GPU memory an engine may take (two share it in adaptive designs)
+    progress: dict[str, Any] = field(default_factory=dict)  # cell id -> qeval.progress.CellProgress
+
+    def cell_progress(self, cell_id: str) -> Any:
+        """Items done / planned and the ETA of one cell (created on its first look)."""
+        from qeval.progress import CellProgress
+
+        if cell_id not in self.progress:
+            done = sum(len(self.store.read_samples(cell_id, t)) for t in self.task_plans)
+            self.progress[cell_id] = CellProgress(cell_id, sum(p.planned_n for p in self.task_plans.values()),
+                                                  done, adaptive=self.suite.sampling.mode != "fixed")
+        return self.progress[cell_id]
 
     def baseline_lm(self, backend: str) -> Any:
         """The baseline on `backend`, opened on first use and kept open while that backend's candidates may
@@ -195,13 +206,15 @@ def load_tokenizer(model_dir: Path, suite: Suite, suite_path: Path) -> Any:
                          "(tokenizer.save_pretrained into the model folder)") from None
 
 
-def check_resume(store: RunStore, suite_sha: str) -> None:
+def check_resume(store: RunStore, suite_sha: str, legacy_sha: str | None = None) -> None:
+    """Refuse a resume with another suite. `legacy_sha`: the file-bytes hash runs made before the content
+    identity (qeval.suite.suite_identity) recorded; they resume with the same file."""
     path = store.root / "manifest.json"
     if not path.exists():
         raise QevalError(f"{store.root} is not a qeval run directory (no manifest.json)",
                          fix="pass the directory that a previous `qeval run` printed")
     previous = read_manifest(store.root)["suite"]["sha256"]
-    if previous != suite_sha:
+    if previous not in (suite_sha, legacy_sha):
         raise QevalError(f"the suite changed since {store.root} was started; resuming would mix results",
                          file=str(path), field="suite.sha256",
                          fix="resume with the same suite file, or start a new run")
@@ -232,7 +245,8 @@ def resume_manifest(store: RunStore, now: dict[str, Any], artifacts: dict[str, d
 
 
 def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = False,
-              only: set[str] | None = None, allow_changed: list[str] | None = None) -> RunStore:
+              only: set[str] | None = None, allow_changed: list[str] | None = None,
+              suite_text: bytes | None = None, overrides: dict[str, Any] | None = None) -> RunStore:
     """Run (or resume) a suite into `run_dir`.
 
     Args:
@@ -240,6 +254,9 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
             versions and engine: qeval.identity), reusing every finished result.
         only: cell ids to run (the baselines they need are added); None runs the whole plan.
         allow_changed: identity fields (or groups) whose change a resume lets through, recorded in the manifest.
+        suite_text: what the run directory's suite.yaml holds (default: the bytes of `suite_path`); the
+            effective suite when command-line flags built or changed it (qeval.suite_flags).
+        overrides: the fields those flags set, recorded in the manifest (suite.overrides).
     """
     from qeval import identity, provenance
     from qeval.assets.model import model_hash
@@ -255,10 +272,10 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
                              "shape's config, which the suite hash covers)", field="--allow-changed",
                              fix="drop --allow-changed")
         return speed_only.run(suite, suite_path, run_dir, resume=resume)
-    sha = suite_hash(suite_path)
+    sha = suite_identity(suite)
     store = RunStore(run_dir)
     if resume:
-        check_resume(store, sha)
+        check_resume(store, sha, suite_hash(suite_path) if suite_path.is_file() else None)
     # Assets and task names are checked before the run directory exists: bad input leaves nothing behind.
     t0 = time.perf_counter()
     model_dir, task_manager = prepare_assets(suite, suite_path)
@@ -286,12 +303,14 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
             raise QevalError(f"cannot create the run directory {store.root} ({type(exc).__name__}: "
                              f"{exc.strerror or exc})", field="--reports-dir",
                              fix="choose a reports directory you can write to") from None
-        write_bytes_atomic(store.root / "suite.yaml", suite_path.read_bytes())
+        write_bytes_atomic(store.root / "suite.yaml", suite_text if suite_text is not None else suite_path.read_bytes())
         manifest = build_manifest(
             run_id=store.root.name, suite_name=suite.name, suite_path=suite_path, suite_hash=sha,
             model_source=suite.model.source, model_hash=weights_hash,
             seeds=suite.seeds.model_dump(), plan=[c.id for c in cells], compute=ctx.compute.as_record(),
             sampling=design)
+        if overrides:
+            manifest["suite"]["overrides"] = overrides
         manifest.update(identity=now, artifacts=artifacts)
         write_json_atomic(store.root / "manifest.json", manifest)
     store.bind_artifacts({cell: entry.get("key") for cell, entry in manifest.get("artifacts", artifacts).items()})

@@ -539,6 +539,11 @@ def _warn_unreachable_slos(suite: Suite, path: Path) -> None:
                         needed)
 
 
+def check_model_source(suite: Suite, path: Path) -> None:
+    """model.source names a built-in model or a readable Hugging Face folder (relative: to the suite file)."""
+    _check_model_source(suite, path)
+
+
 def _check_model_source(suite: Suite, path: Path) -> None:
     source = suite.model.source
     if source in BUILTIN_MODELS:
@@ -575,4 +580,15 @@ def _check_model_source(suite: Suite, path: Path) -> None:
 
 
 def suite_hash(path: Path) -> str:
+    """sha256 of a suite file's bytes (comments and layout included)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def suite_identity(suite: Suite) -> str:
+    """sha256 of what a suite says: the validated suite, defaults filled in, as canonical JSON.
+
+    A suite built from `qeval run` flags and the equivalent YAML file get the same identity; comments,
+    key order and spelled-out defaults do not change it. The manifest records it (suite.sha256).
+    """
+    text = json.dumps(suite.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -104,7 +104,8 @@ def test_one_byte_of_the_weights_changed_refuses_the_resume_then_allow_changed_r
     ("versions.nvidia-modelopt", "0.1.0", "the installed nvidia-modelopt version"),
     ("recipe.int8_wo", "0" * 64, "recipe.int8_wo (the int8_wo recipe definition) was 000000000000"),
     ("calibration.sha256", "1" * 64, "the calibration set's content"),
-    ("engine.compute_dtype", "bfloat16", "the dtype the reference engines compute in"),
+    # float16: a dtype qeval never picks on a CPU, so the edit is a change on every CPU (AVX2 or AMX)
+    ("engine.compute_dtype", "float16", "the dtype the reference engines compute in"),
     ("engine.device", "NVIDIA H200", "the device the engines ran on"),
 ])
 def test_a_recorded_change_refuses_the_resume_and_names_it(small_run_copy: Path, capsys: pytest.CaptureFixture[str],
