@@ -181,6 +181,18 @@ def sample_record(sample: dict[str, Any], metric: str, aggregation: str = "mean"
     return record
 
 
+def _one_filter(samples: list[dict[str, Any]], task: TaskSpec) -> list[dict[str, Any]]:
+    """lm-eval logs each document once per filter of the task: keep the suite's filter (default the first)."""
+    names = list(dict.fromkeys(s.get("filter") for s in samples))
+    if len(names) <= 1 and task.filter is None:
+        return samples
+    chosen = task.filter if task.filter is not None else names[0]
+    if chosen not in names:
+        raise QevalError(f"task {task.name!r} has no filter {chosen!r} (it has {', '.join(map(str, names))})",
+                         field=f"tasks[{task.name}].filter", fix="name one of those, or drop filter")
+    return [s for s in samples if s.get("filter") == chosen]
+
+
 def _looks_like_loglikelihood(sample: dict[str, Any]) -> bool:
     resps = sample.get("filtered_resps") or []
     return all(isinstance(r, (list, tuple)) and len(r) == 2 for r in resps)
@@ -239,7 +251,7 @@ def _one_pass(lm: QevalLM, task: TaskSpec, task_manager: Any, seeds: Seeds, doc_
         fewshot_as_multiturn=task.apply_chat_template and task.num_fewshot > 0,
         verbosity="WARNING",
     )
-    samples = out["samples"][task.name]
+    samples = _one_filter(out["samples"][task.name], task)
     if samples and task.metric not in samples[0]:
         raise QevalError(f"task {task.name} has no per-sample metric {task.metric!r}; it reports "
                          f"{', '.join(samples[0].get('metrics', []))}", field=f"tasks[{task.name}].metric",

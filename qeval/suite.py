@@ -100,6 +100,8 @@ class TaskSpec(_Strict):
     generation: dict[str, float | int | bool | str | list[str]] | None = Field(
         None, description="lm-eval generation kwargs that override the task's, e.g. {temperature: 0.7, "
         "do_sample: true} or {max_gen_toks: 32, until: [\"\\n\"]}")
+    filter: str | None = Field(None, description="which of the task's lm-eval filters gives the scored answer "
+                               "(e.g. gsm8k's strict-match or flexible-extract); default: the first it lists")
     apply_chat_template: bool = Field(False, description="format prompts with the model's chat template "
                                       "(instruct models; few-shot examples become turns)")
 
