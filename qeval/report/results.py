@@ -128,7 +128,8 @@ def _kl_entry(cell: dict[str, Any], section: str) -> dict[str, Any] | None:
     if not s or not s.get("n_tokens"):
         return {"unavailable": div["unavailable"]} if div.get("unavailable") else None
     floor = (div.get("noise_floor") or {})
-    return {"kld_mean": s["kld_mean"], "kld_mean_ci": s.get("kld_mean_ci"), "kld_kind": s["kld_kind"],
+    # Records written before the top-k routes existed carry no kld_kind: they were all exact (full vocabulary).
+    return {"kld_mean": s["kld_mean"], "kld_mean_ci": s.get("kld_mean_ci"), "kld_kind": s.get("kld_kind", "exact"),
             "kld_upper_mean": (s.get("kld_upper") or {}).get("kld_mean"), "top1_agree": s["top1_agree"],
             "ppl_ratio": s["ppl_ratio"], "n_tokens": s["n_tokens"], "route": (div.get("route") or {}).get("name"),
             "exact": (div.get("route") or {}).get("exact"), "simulated": div.get("simulated"),
