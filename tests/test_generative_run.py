@@ -19,10 +19,11 @@ baseline: bf16
 candidates: [int8_wo]
 backends: [hf]
 tasks:
-  - {{name: bigbench_gen_simple_arithmetic_json_subtasks.one_digit, metric: exact_str_match, limit: 8}}
-  - {{name: bigbench_gen_arithmetic, metric: exact_str_match, limit: 8, cluster: subtask,
+  - {{name: bigbench_gen_simple_arithmetic_json_subtasks.one_digit, metric: exact_str_match, limit: 6,
      generation: {{max_gen_toks: 8}}}}
-  - {{name: bigbench_mc_physics, limit: 8}}
+  - {{name: bigbench_gen_arithmetic, metric: exact_str_match, limit: 6, cluster: subtask,
+     generation: {{max_gen_toks: 8}}}}
+  - {{name: bigbench_mc_physics, limit: 6}}
 calibration: bigbench-mixed
 divergence: {{heldout_tokens: 64, task_prompts: 2}}
 latency: {{enabled: false}}
@@ -47,24 +48,24 @@ def test_a_suite_of_generative_tasks_runs_with_records_and_verdicts(tmp_path: Pa
         assert store.read_status(cell)["state"] == "ok", cell
         for task in ("bigbench_gen_simple_arithmetic_json_subtasks.one_digit", "bigbench_gen_arithmetic"):
             records = store.read_samples(cell, task)
-            assert len(records) == 8
+            assert len(records) == 6
             for r in records:
                 assert GEN_FIELDS <= set(r), r
                 assert r["stop_reason"] in ("stop", "eos", "length") and 0 < r["generated_tokens"] <= 32
                 assert r["score"] == float(r["extracted"] in r["target"])  # BIG-bench's exact_str_match
                 assert r["response"].lstrip(" ").startswith(r["extracted"])  # the extraction is a prefix here
+            assert all(r["generated_tokens"] <= 8 for r in records)  # the suite's generation override
             if task == "bigbench_gen_arithmetic":
-                assert all(r["generated_tokens"] <= 8 for r in records)  # the suite's generation override
                 assert len({r["cluster"] for r in records}) > 1  # subtasks as clusters
     baseline = store.read_samples("bf16-hf", "bigbench_gen_simple_arithmetic_json_subtasks.one_digit")
-    assert sum(r["score"] for r in baseline) >= 4  # this task is well above 0 for the 135M model
+    assert sum(r["score"] for r in baseline) >= 3  # this task is well above 0 for the 135M model (9/10 measured)
     results = json.loads((run_dir / "results.json").read_text())
     [decision] = [d for d in results["decisions"] if d["cell_id"] == "int8_wo-hf"]
     by_task = {t["task"]: t for t in decision["tasks"]}
     for task in ("bigbench_gen_simple_arithmetic_json_subtasks.one_digit", "bigbench_gen_arithmetic",
                  "bigbench_mc_physics"):
         t = by_task[task]
-        assert t["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE") and t["n"] == 8
+        assert t["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE") and t["n"] == 6
         assert t["flip_rate_ci"] is not None  # paired 0/1 scores: flips counted as for multiple choice
     assert "bigbench_gen_arithmetic" in (run_dir / "report.md").read_text()
 
