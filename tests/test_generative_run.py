@@ -33,6 +33,7 @@ gate: {{margin: 5.0, max_kld_mean: 0.1}}
 GEN_FIELDS = {"response", "extracted", "target", "score", "generated_tokens", "stop_reason"}
 
 
+@pytest.mark.slow
 def test_a_suite_of_generative_tasks_runs_with_records_and_verdicts(tmp_path: Path, qeval_model_dir: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     from qeval.cli import main
@@ -81,21 +82,21 @@ def test_sampled_repeats_draw_different_samples_and_cluster_by_item(qeval_model_
 
     backend = HFBackend(load_hf_model(qeval_model_dir, "float32"), qeval_tokenizer)
     task = TaskSpec(name="bigbench_gen_simple_arithmetic_json_subtasks.one_digit", metric="exact_str_match",
-                    repeats=3, generation={"temperature": 1.5, "do_sample": True, "max_gen_toks": 6})
+                    repeats=2, generation={"temperature": 1.5, "do_sample": True, "max_gen_toks": 4})
     cache_path = tmp_path / "requests.jsonl"
     lm = QevalLM(backend, qeval_tokenizer, RequestCache(cache_path))
-    docs = [0, 1, 2, 3]
-    records = run_look(lm, task, task_manager(), Seeds(), docs, positions=range(4), look=0)
-    assert len(records) == 12 and {(r["doc_id"], r["repeat"]) for r in records} == {(d, k) for d in docs
-                                                                                     for k in range(3)}
+    docs = [0, 1, 2]
+    records = run_look(lm, task, task_manager(), Seeds(), docs, positions=range(3), look=0)
+    assert len(records) == 6 and {(r["doc_id"], r["repeat"]) for r in records} == {(d, k) for d in docs
+                                                                                   for k in range(2)}
     assert all(r["cluster"] == r["doc_id"] for r in records)
     per_doc = {d: [r for r in records if r["doc_id"] == d] for d in docs}
-    assert all(len({r["seed"] for r in rs}) == 3 for rs in per_doc.values())  # one seed per draw
+    assert all(len({r["seed"] for r in rs}) == 2 for rs in per_doc.values())  # one seed per draw
     assert any(len({r["response"] for r in rs}) > 1 for rs in per_doc.values())  # draws differ
-    assert len(RequestCache(cache_path)) == 12  # each draw its own cache entry, not one sample served 3 times
+    assert len(RequestCache(cache_path)) == 6  # each draw its own cache entry, not one sample served twice
     # Resume: the same draws come back from the cell's cache, none recomputed.
     again = run_look(QevalLM(backend, qeval_tokenizer, RequestCache(cache_path)), task, task_manager(), Seeds(),
-                     docs, positions=range(4), look=0)
+                     docs, positions=range(3), look=0)
     assert [r["response"] for r in again] == [r["response"] for r in records]
     # Clustered SE by item over the draws (against an all-wrong reference, so the SE is the draws' own).
     import numpy as np
@@ -103,7 +104,8 @@ def test_sampled_repeats_draw_different_samples_and_cluster_by_item(qeval_model_
     scores = np.array([r["score"] for r in records])
     clustered = paired_delta(np.zeros_like(scores), scores, clusters=[r["cluster"] for r in records])
     plain = paired_delta(np.zeros_like(scores), scores)
-    assert clustered.n == 12 and np.isfinite(clustered.se) and clustered.se != plain.se
+    assert clustered.n == 6 and clustered.n_clusters == 3 and plain.n_clusters is None
+    assert np.isfinite(clustered.se) and np.isfinite(plain.se)
 
 
 FIXTURE = Path(__file__).parent / "fixtures" / "gsm8k_schema"
@@ -140,7 +142,7 @@ def test_gsm8k_yaml_on_local_files_with_fewshot_and_chat_template(qeval_model_di
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     _gsm8k_local(tmp_path / "tasks")
     spec = TaskSpec(name="gsm8k_local", metric="exact_match", num_fewshot=2, apply_chat_template=True,
-                    filter="flexible-extract", generation={"max_gen_toks": 40})
+                    filter="flexible-extract", generation={"max_gen_toks": 24})
     suite = Suite(name="gsm8k-local", candidates=["int8_wo"], tasks=[spec], task_dirs=["tasks"])
     manager = suite_task_manager(suite, tmp_path / "suite.yaml")
     resolve_task("gsm8k_local", manager)  # a local-data task: no dataset-hub refusal
