@@ -154,3 +154,26 @@ def test_lm_eval_loads_generative_and_parent_tasks(qeval_task_pack: Path) -> Non
     # lm-eval scores through BIG-bench's post-processing: the filter extracts, process_results matches.
     doc = sub.eval_docs[0]
     assert sub.process_results(doc, [scoring.extract(" 109\nQ:", doc)]) == {"exact_str_match": 1.0}
+
+
+def test_bad_generative_inputs_name_the_field_and_fix(tmp_path: Path, qeval_task_pack: Path) -> None:
+    from qeval.errors import QevalError
+    from qeval.runner import prepare_assets
+    from qeval.suite import load_suite
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ncandidates: [int8_wo]\ncalibration: bigbench-mixed\n"
+                     "tasks: [{name: bigbench_gen_arithmetic, metric: exact_str_match, repeats: 3}]\n")
+    with pytest.raises(QevalError) as info:
+        load_suite(suite)
+    assert info.value.field == "tasks[0]" and "greedy" in info.value.problem and "temperature" in info.value.fix
+    suite.write_text("name: s\ncandidates: [int8_wo]\ncalibration: bigbench-mixed\n"
+                     "tasks: [{name: bigbench_gen_arithmetic}]\n")  # metric defaults to acc
+    with pytest.raises(QevalError) as info:
+        prepare_assets(*load_suite(suite))
+    assert info.value.field == "tasks[0].metric" and "exact_str_match" in info.value.fix
+    suite.write_text("name: s\ncandidates: [int8_wo]\ncalibration: bigbench-mixed\ntask_dirs: [nowhere]\n"
+                     "tasks: [{name: bigbench_mc_physics}]\n")
+    with pytest.raises(QevalError) as info:
+        prepare_assets(*load_suite(suite))
+    assert info.value.field == "task_dirs[0]" and "nowhere" in info.value.problem
