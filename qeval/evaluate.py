@@ -259,8 +259,9 @@ def _one_pass(lm: QevalLM, task: TaskSpec, task_manager: Any, seeds: Seeds, doc_
     records = []
     for s in samples:
         args = (s.get("arguments") or [None])[0]
-        generation = (lm.generation_info(args[0], args[1]) if isinstance(args, (list, tuple)) and len(args) == 2
-                      and isinstance(args[1], dict) else None)
+        info = getattr(lm, "generation_info", None)  # QevalLM's log of the look's generations
+        generation = (info(args[0], args[1]) if info is not None and isinstance(args, (list, tuple))
+                      and len(args) == 2 and isinstance(args[1], dict) else None)
         try:
             record = sample_record(s, task.metric, aggregation, task.cluster, generation)
         except KeyError as exc:
