@@ -41,8 +41,9 @@ PREFIX = MC_PREFIX  # kept for callers that mean the multiple-choice pack
 PREFIXES = (MC_PREFIX, GEN_PREFIX)
 PACK_METRICS = MC_METRICS  # the metric_list of every multiple-choice pack task
 # Bump when the conversion changes: a new folder is built beside the old one (which runs that use the
-# old code keep reading). 4: generative tasks, subtask folders and parents, the `subtask` field.
-PACK_VERSION = 4
+# old code keep reading). 4: generative tasks, subtask folders and parents, the `subtask` field;
+# 5: default-regex generative tasks stop at the regex's terminators.
+PACK_VERSION = 5
 DONE = "pack.json"
 
 

@@ -25,6 +25,7 @@ import re
 from typing import Any, Sequence
 
 DEFAULT_REGEX = r"[^\.\?\!\;\n]+"  # bigbench/api/json_task.py _DEFAULT_REGEX
+DEFAULT_TERMINATORS = ("\n", ".", "?", "!", ";")  # the characters DEFAULT_REGEX excludes
 METRICS = ("exact_str_match", "numeric_match_with_0_1_relative_error")
 NUMERIC_REL_ERROR = 0.1
 
@@ -95,17 +96,23 @@ def newline_safe(regex: str | None) -> bool:
 def generation_settings(task: dict[str, Any], targets: Sequence[Sequence[str]]) -> dict[str, Any]:
     """lm-eval generation_kwargs for a BIG-bench task: stop sequences and a token budget.
 
-    - Stop at "\\n" where the task's regex cannot match across a newline (`newline_safe`) and its stop
-      string, if any, is "\\n": the answer is then the same as from the whole generation, except when
-      the model's first line holds no match at all (BIG-bench would read on; here the answer is "").
+    - Tasks on BIG-bench's default regex stop at any of its terminators (newline . ? ! ;): its first
+      match ends at the first of them, so nothing after one can change the answer.
+    - Otherwise stop at "\\n" where the task's regex cannot match across a newline (`newline_safe`) and its
+      stop string, if any, is "\\n".
+    - Either way the answer is the one the whole generation would give, except when the text before the
+      stop holds no match at all (BIG-bench would read on; here the answer is "").
       Every record says whether generation stopped on the stop sequence, so such cases can be counted.
-    - Otherwise no stop sequence: generate to the budget (or end of sequence) and let
+    - Any other task: no stop sequence, generate to the budget (or end of sequence) and let
       `postprocess_output` cut, exactly as BIG-bench does.
     - Budget: one token per character of the longest target, plus 16 (BPE tokens of these tokenizers
       are rarely shorter than a character), at most 256 (BIG-bench's HF models' default max_length).
     """
     regex, stop = task_regex(task), task.get("stop_string")
-    until = ["\n"] if newline_safe(regex) and stop in (None, "\n") else []
+    if regex == DEFAULT_REGEX and stop is None:
+        until = list(DEFAULT_TERMINATORS)  # the default regex's first match ends at the first of them anyway
+    else:
+        until = ["\n"] if newline_safe(regex) and stop in (None, "\n") else []
     longest = max((len(t) for ts in targets for t in ts), default=0)
     return {"until": until, "max_gen_toks": min(256, longest + 16), "do_sample": False, "temperature": 0.0}
 
