@@ -17,7 +17,7 @@ from typing import Any
 from qeval.evaluate import MetricSemantics, resolve_scale
 from qeval.gate import DivergenceEvidence, ErrorEvidence, Evidence, LatencyEvidence, NotEvaluated, TaskEvidence
 from qeval.cells import Cell, plan
-from qeval.store import RunStore
+from qeval.store import RunStore, pair_key
 from qeval.suite import Suite
 
 
@@ -69,7 +69,8 @@ def collect(run_dir: Path) -> RunEvidence:
 
 def _ordered(records: list[dict]) -> dict[Any, dict]:
     """Records by doc_id, in evaluation order (runs before the sampling design: by doc_id)."""
-    return {r["doc_id"]: r for r in sorted(records, key=lambda r: (r.get("order", r["doc_id"]), r["doc_id"]))}
+    ordered = sorted(records, key=lambda r: (r.get("order", r["doc_id"]), r["doc_id"], r.get("repeat", 0)))
+    return {pair_key(r): r for r in ordered}
 
 
 def task_evidence(store: RunStore, suite: Suite, cell: Cell, task: Any, progress: dict | None,
@@ -105,7 +106,7 @@ def task_evidence(store: RunStore, suite: Suite, cell: Cell, task: Any, progress
     plan_info = info.get("plan") or {}
     mode = (progress or {}).get("mode", "fixed")
     clusters = None
-    if task.cluster is not None:
+    if task.cluster is not None or task.repeats > 1:  # repeats: the document is the cluster of its draws
         clusters = tuple(str(cand[d].get("cluster")) for d in common)
     return TaskEvidence(
         task=task.name, metric=task.metric, candidate=cell.precision, backend=cell.backend,

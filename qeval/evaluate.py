@@ -128,12 +128,15 @@ def per_sample_value(value: Any, aggregation: str) -> float:
 
 
 def sample_record(sample: dict[str, Any], metric: str, aggregation: str = "mean",
-                  cluster_key: str | None = None) -> dict[str, Any]:
+                  cluster_key: str | None = None, generation: dict[str, Any] | None = None) -> dict[str, Any]:
     """One per-sample record from an lm-eval logged sample.
 
     For multiple-choice tasks it keeps every choice's log-likelihood, the chosen
     answer (argmax), the gold answer and whether the chosen one is right; for
-    other tasks the metric value and the (filtered) response.
+    generative tasks the response as generated, the answer the task's filters extracted from
+    it (what the metric scored), the targets, and from `generation` (the harness's log) the
+    number of generated tokens and why generation ended: "stop" (a stop sequence), "eos",
+    "length" (the token budget).
     """
     record: dict[str, Any] = {
         "doc_id": sample["doc_id"],
@@ -156,8 +159,17 @@ def sample_record(sample: dict[str, Any], metric: str, aggregation: str = "mean"
             "correct": bool(chosen == gold) if isinstance(gold, int) else bool(chosen in gold),
         })
     else:
-        record["response"] = sample["filtered_resps"][0] if sample.get("filtered_resps") else None
-        record["target"] = sample.get("target")
+        filtered = sample["filtered_resps"][0] if sample.get("filtered_resps") else None
+        resps = sample.get("resps") or []
+        raw = resps[0][0] if resps and isinstance(resps[0], (list, tuple)) and resps[0] else filtered
+        record["response"] = raw
+        record["extracted"] = filtered
+        doc = sample.get("doc") or {}
+        record["target"] = doc["targets"] if isinstance(doc.get("targets"), list) else sample.get("target")
+        if generation is not None:
+            record.update(generated_tokens=generation.get("n_tokens"), stop_reason=generation.get("finish"))
+            if generation.get("seed") is not None:
+                record["seed"] = generation["seed"]
     if metric not in record["metrics"]:
         raise KeyError(metric)
     record["score"] = per_sample_value(record["metrics"][metric], aggregation)
@@ -167,6 +179,18 @@ def sample_record(sample: dict[str, Any], metric: str, aggregation: str = "mean"
             raise KeyError(f"cluster:{cluster_key}")
         record["cluster"] = doc[cluster_key]
     return record
+
+
+def _one_filter(samples: list[dict[str, Any]], task: TaskSpec) -> list[dict[str, Any]]:
+    """lm-eval logs each document once per filter of the task: keep the suite's filter (default the first)."""
+    names = list(dict.fromkeys(s.get("filter") for s in samples))
+    if len(names) <= 1 and task.filter is None:
+        return samples
+    chosen = task.filter if task.filter is not None else names[0]
+    if chosen not in names:
+        raise QevalError(f"task {task.name!r} has no filter {chosen!r} (it has {', '.join(map(str, names))})",
+                         field=f"tasks[{task.name}].filter", fix="name one of those, or drop filter")
+    return [s for s in samples if s.get("filter") == chosen]
 
 
 def _looks_like_loglikelihood(sample: dict[str, Any]) -> bool:
@@ -193,8 +217,23 @@ def run_look(lm: QevalLM, task: TaskSpec, task_manager: Any, seeds: Seeds, doc_i
     Returns:
         Per-sample records in evaluation order.
     """
+    where = dict(zip(doc_ids, positions))
+    records = []
+    for repeat in range(task.repeats):
+        records.extend(_one_pass(lm, task, task_manager, seeds, doc_ids, repeat, aggregation))
+    for record in records:
+        record["order"] = where[record["doc_id"]]
+        record["look"] = look
+    return sorted(records, key=lambda r: (r["order"], r.get("repeat", 0)))
+
+
+def _one_pass(lm: QevalLM, task: TaskSpec, task_manager: Any, seeds: Seeds, doc_ids: Sequence[int], repeat: int,
+              aggregation: str) -> list[dict]:
+    """One lm-eval evaluation of `doc_ids`: the repeat-th draw of a sampled task (0 for a greedy one)."""
     from lm_eval import simple_evaluate
 
+    lm.sampling_seed, lm.repeat = seeds.sampling, repeat
+    lm.generation_log = {}
     out = simple_evaluate(
         model=lm,
         tasks=[task.name],
@@ -207,18 +246,24 @@ def run_look(lm: QevalLM, task: TaskSpec, task_manager: Any, seeds: Seeds, doc_i
         numpy_random_seed=seeds.sampling,
         torch_random_seed=seeds.sampling,
         fewshot_random_seed=seeds.fewshot,
+        gen_kwargs=dict(task.generation) if task.generation else None,
+        apply_chat_template=task.apply_chat_template,
+        fewshot_as_multiturn=task.apply_chat_template and task.num_fewshot > 0,
         verbosity="WARNING",
     )
-    samples = out["samples"][task.name]
+    samples = _one_filter(out["samples"][task.name], task)
     if samples and task.metric not in samples[0]:
         raise QevalError(f"task {task.name} has no per-sample metric {task.metric!r}; it reports "
                          f"{', '.join(samples[0].get('metrics', []))}", field=f"tasks[{task.name}].metric",
                          fix="set metric to one of those")
-    where = dict(zip(doc_ids, positions))
     records = []
     for s in samples:
+        args = (s.get("arguments") or [None])[0]
+        info = getattr(lm, "generation_info", None)  # QevalLM's log of the look's generations
+        generation = (info(args[0], args[1]) if info is not None and isinstance(args, (list, tuple))
+                      and len(args) == 2 and isinstance(args[1], dict) else None)
         try:
-            record = sample_record(s, task.metric, aggregation, task.cluster)
+            record = sample_record(s, task.metric, aggregation, task.cluster, generation)
         except KeyError as exc:
             if str(exc.args[0]).startswith("cluster:"):
                 raise QevalError(f"the documents of task {task.name!r} have no field {task.cluster!r} to cluster "
@@ -226,7 +271,8 @@ def run_look(lm: QevalLM, task: TaskSpec, task_manager: Any, seeds: Seeds, doc_i
                                  field=f"tasks[{task.name}].cluster", fix="name one of those fields, or drop "
                                  "cluster") from None
             raise
-        record["order"] = where[record["doc_id"]]
-        record["look"] = look
+        if task.repeats > 1:
+            record["repeat"] = repeat
+            record["cluster"] = record.get("cluster", record["doc_id"]) if task.cluster else record["doc_id"]
         records.append(record)
-    return sorted(records, key=lambda r: r["order"])
+    return records

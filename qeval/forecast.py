@@ -63,7 +63,7 @@ def forecast(suite: Any, suite_path: Path, *, flip_rate: float | None = None, pi
     from qeval import looks
     from qeval.assets import bigbench
 
-    task_manager = bigbench.task_manager()
+    task_manager = bigbench.suite_task_manager(suite, suite_path)
     for task in suite.tasks:
         bigbench.resolve_task(task.name, task_manager, file=str(suite_path))
     plans, semantics = looks.plan_tasks(suite, task_manager, file=str(suite_path))

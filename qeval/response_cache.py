@@ -7,7 +7,8 @@ first. Its key is everything that decides a response: the backend, the weights' 
 quantized artifact's content key (or the baseline precision), the compute dtype and the
 versions of the engine packages; a request's own key holds its exact token ids. Hits are
 copied into the cell's cache, so a run directory stays self-contained. Sampled requests
-never reach a cache (the harness keys them per draw). `QEVAL_SHARED_CACHE=0` turns it off.
+never reach this shared layer: the harness keys them per draw (seed) and keeps them in the
+cell's own cache only, for resume. `QEVAL_SHARED_CACHE=0` turns it off.
 """
 
 from __future__ import annotations

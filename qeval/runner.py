@@ -139,13 +139,15 @@ def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
         src = Path(suite.model.source)
         model_dir = src if src.is_absolute() else (suite_path.parent / src).resolve()
     check_quantization_inputs(suite, suite_path, model_dir)
-    task_manager = bigbench.task_manager()
+    task_manager = bigbench.suite_task_manager(suite, suite_path)
     for i, task in enumerate(suite.tasks):
         bigbench.resolve_task(task.name, task_manager, file=str(suite_path))
         # Pack tasks' metrics are known here; a typo would otherwise end every cell in ERROR after computing it.
-        if task.name.startswith(bigbench.PREFIX) and task.metric not in bigbench.PACK_METRICS:
+        info = bigbench.task_info(task.name) if task.name.startswith(bigbench.PREFIXES) else None
+        metrics = (info.get("metrics") or list(bigbench.PACK_METRICS)) if info else None
+        if metrics is not None and task.metric not in metrics:
             raise QevalError(f"task {task.name!r} has no per-sample metric {task.metric!r}", file=str(suite_path),
-                             field=f"tasks[{i}].metric", fix=f"use one of {', '.join(bigbench.PACK_METRICS)}")
+                             field=f"tasks[{i}].metric", fix=f"use one of {', '.join(metrics)}")
     return model_dir, task_manager
 
 

@@ -39,6 +39,11 @@ def request_key(kind: str, *parts: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def pair_key(record: dict) -> Any:
+    """What pairs a candidate's record with the baseline's: the doc_id, and the draw of a repeated task."""
+    return record["doc_id"] if "repeat" not in record else f"{record['doc_id']}#{record['repeat']}"
+
+
 def append_jsonl(path: Path, records: Iterable[dict]) -> None:
     """Append records as lines and fsync: durable once this returns."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,8 +205,8 @@ class RunStore:
     def merge_samples(self, cell: str, task: str, records: list[dict]) -> None:
         """Add one look's records to a task's file (rewritten whole, atomically): a record for a doc_id
         already there replaces it, so a look repeated after a crash never counts twice."""
-        new = {r["doc_id"]: r for r in records}
-        kept = [r for r in self.read_samples(cell, task) if r["doc_id"] not in new]
+        new = {pair_key(r): r for r in records}
+        kept = [r for r in self.read_samples(cell, task) if pair_key(r) not in new]
         merged = sorted(kept + list(new.values()), key=lambda r: (r.get("order", r["doc_id"]), r["doc_id"]))
         self.write_samples(cell, task, merged)
 

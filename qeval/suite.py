@@ -110,7 +110,27 @@ class TaskSpec(_Strict):
     score_range: tuple[float, float] | None = Field(None, description="(low, high) every per-sample score lies in; "
                                                     "anytime sampling needs it for metrics other than 0-1 ones")
     cluster: str | None = Field(None, description="a field of the task's documents that groups items (a passage, a "
-                                "BIG-bench subtask, an MMLU subject): clustered standard errors use it")
+                                "BIG-bench subtask, an MMLU subject): clustered standard errors use it; every "
+                                "offline pack document has `subtask`")
+    repeats: PositiveInt = Field(1, description="draws per document of a sampled (temperature > 0) generative "
+                                 "task, each seeded from seeds.sampling, the repeat and the prompt; the document "
+                                 "is the cluster of its draws (or the cluster field, where set)")
+    generation: dict[str, float | int | bool | str | list[str]] | None = Field(
+        None, description="lm-eval generation kwargs that override the task's, e.g. {temperature: 0.7, "
+        "do_sample: true} or {max_gen_toks: 32, until: [\"\\n\"]}")
+    filter: str | None = Field(None, description="which of the task's lm-eval filters gives the scored answer "
+                               "(e.g. gsm8k's strict-match or flexible-extract); default: the first it lists")
+    apply_chat_template: bool = Field(False, description="format prompts with the model's chat template "
+                                      "(instruct models; few-shot examples become turns)")
+
+    @model_validator(mode="after")
+    def _repeats_need_sampling(self) -> "TaskSpec":
+        gen = self.generation or {}
+        sampled = float(gen.get("temperature", 0) or 0) > 0 and gen.get("do_sample", True) is not False
+        if self.repeats > 1 and not sampled:
+            raise FieldProblem(f"repeats {self.repeats} of a greedy task give the same answer each time",
+                               "set generation: {temperature: 0.7, do_sample: true}, or repeats: 1")
+        return self
 
     @field_validator("score_range")
     @classmethod
@@ -272,6 +292,9 @@ class Suite(_Strict):
         "(e.g. fp8 -> quantization='fp8') instead of loading ModelOpt's checkpoint"))
     seeds: Seeds = Field(default_factory=Seeds)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    task_dirs: list[str] = Field(default_factory=list, description=(
+        "folders of your own lm-eval task YAML (relative to the suite file), e.g. lm-eval's gsm8k.yaml "
+        "included and pointed at local data files: their tasks run like any other"))
 
     @field_validator("baseline")
     @classmethod

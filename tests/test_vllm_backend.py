@@ -42,6 +42,15 @@ def test_vllm_matches_hf_token_logprobs(vllm_backend: Any, qeval_model_dir: Path
 def test_vllm_generates_greedy_text(vllm_backend: Any) -> None:
     [text] = vllm_backend.generate([GenerationRequest(prompt="The capital of France is", max_tokens=8, stop=("\n",))])
     assert "Paris" in text and "\n" not in text
+    # The same generation with how it ended: the budget, a stop sequence, and seeded draws that repeat.
+    short, stopped = vllm_backend.generations([
+        GenerationRequest(prompt="The capital of France is", max_tokens=2),
+        GenerationRequest(prompt="Count: 1, 2, 3,", max_tokens=16, stop=(",",))])
+    assert (short.finish, short.n_tokens) == ("length", 2) and text.startswith(short.text)
+    assert stopped.finish == "stop" and "," not in stopped.text and 0 < stopped.n_tokens < 16
+    draws = [GenerationRequest(prompt="My favourite word is", max_tokens=6, temperature=1.5, seed=s) for s in (1, 1, 2)]
+    a, b, c = (g.text for g in vllm_backend.generations(draws))
+    assert a == b and a != c  # one seed, one sample; another seed, another
 
 
 def test_concurrent_streams_share_the_engine_and_match_generate(vllm_backend: Any) -> None:

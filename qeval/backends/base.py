@@ -181,11 +181,38 @@ class LoglikelihoodResult:
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """Generate up to `max_tokens` after `prompt`, cut at the first of `stop`.
+
+    Attributes:
+        temperature: 0 is greedy; above 0 samples, from `seed` where given (the same seed draws the
+            same sample on the same engine: repeats are reproducible, and resumable).
+    """
+
     prompt: str | tuple[int, ...]
     max_tokens: int
     stop: tuple[str, ...] = ()
     temperature: float = 0.0
     ignore_eos: bool = False
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated text and how it ended.
+
+    Attributes:
+        text: the text, cut at the first stop sequence (the stop sequence itself removed, as lm-eval expects).
+        n_tokens: tokens the engine generated (None where it does not say).
+        finish: "stop" (a stop sequence), "eos" (end of sequence), "length" (the token budget) or
+            "unknown" (the engine does not say).
+    """
+
+    text: str
+    n_tokens: int | None
+    finish: str
+
+    def record(self) -> dict[str, Any]:
+        return {"text": self.text, "n_tokens": self.n_tokens, "finish": self.finish}
 
 
 @dataclass(frozen=True)
@@ -212,6 +239,10 @@ class Backend(Protocol):
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]: ...
 
     def generate(self, requests: list[GenerationRequest]) -> list[str]: ...
+
+    def generations(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """As `generate`, with each text's token count and why it stopped (what per-sample records keep)."""
+        ...
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]: ...
 

@@ -17,6 +17,7 @@ import torch
 from qeval.backends.base import (
     Capabilities,
     DistributionRoute,
+    Generation,
     GenerationRequest,
     LoglikelihoodRequest,
     LoglikelihoodResult,
@@ -191,33 +192,58 @@ class HFBackend:
             return self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
         return list(request.prompt)
 
-    def _greedy(self, request: GenerationRequest) -> Iterator[tuple[int, float]]:
-        """Greedy decoding one token at a time with the KV cache: (token id, arrival time)."""
+    def _decode(self, request: GenerationRequest) -> Iterator[tuple[int, float]]:
+        """Decoding one token at a time with the KV cache: (token id, arrival time).
+
+        Greedy at temperature 0; above it, sampled from the softmax at that temperature with a generator
+        seeded by the request's seed (the same seed draws the same tokens)."""
         ids = torch.tensor([self._prompt_ids(request)], dtype=torch.long, device=self.device)
         past = None
+        sampler = None
+        if request.temperature > 0:
+            sampler = torch.Generator(device="cpu")
+            sampler.manual_seed(request.seed if request.seed is not None else torch.seed())
         with torch.inference_mode():
             for _ in range(request.max_tokens):
                 out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
                 past = out.past_key_values
-                next_id = int(out.logits[0, -1].argmax())
+                logits = out.logits[0, -1].float().cpu()
+                if sampler is None:
+                    next_id = int(logits.argmax())
+                else:
+                    probs = torch.softmax(logits / request.temperature, dim=-1)
+                    next_id = int(torch.multinomial(probs, 1, generator=sampler))
                 yield next_id, time.perf_counter()
                 if next_id == self.eos_token_id and not request.ignore_eos:
                     return
                 ids = torch.tensor([[next_id]], dtype=torch.long, device=self.device)
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
-        for token_id, t in self._greedy(request):
+        for token_id, t in self._decode(request):
             yield TokenEvent(text=self.tokenizer.decode([token_id]), n_tokens=1, t=t)
 
-    def generate(self, requests: list[GenerationRequest]) -> list[str]:
-        """Greedy generation, cut at the first stop string (as lm-eval's own HF model does)."""
-        texts = []
+    def generations(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """Generation cut at the first stop string, stopping as soon as one appears (as lm-eval's HF model
+        does with its stop criteria), with the token count and why it ended."""
+        out = []
         for r in requests:
-            ids = [token_id for token_id, _ in self._greedy(r)]
-            if ids and ids[-1] == self.eos_token_id:
-                ids = ids[:-1]
-            texts.append(truncate_at_stop(self.tokenizer.decode(ids), r.stop))
-        return texts
+            ids: list[int] = []
+            finish = "length"
+            text = ""
+            for token_id, _ in self._decode(r):
+                if token_id == self.eos_token_id and not r.ignore_eos:
+                    finish = "eos"
+                    break
+                ids.append(token_id)
+                text = self.tokenizer.decode(ids)
+                if r.stop and truncate_at_stop(text, r.stop) != text:
+                    finish = "stop"
+                    break
+            out.append(Generation(truncate_at_stop(text, r.stop), len(ids) + (finish == "eos"), finish))
+        return out
+
+    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+        return [g.text for g in self.generations(requests)]
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

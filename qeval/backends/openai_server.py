@@ -33,6 +33,7 @@ from qeval.backends.base import (
     Capabilities,
     DistributionRoute,
     EngineUnavailable,
+    Generation,
     GenerationRequest,
     LoglikelihoodRequest,
     LoglikelihoodResult,
@@ -375,23 +376,39 @@ class OpenAIServerBackend:
     # -- generation -------------------------------------------------------------------------
     def _generation_body(self, r: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "prompt": r.prompt if isinstance(r.prompt, str) else list(r.prompt),
-                                "max_tokens": r.max_tokens, "temperature": r.temperature, "seed": self.seed}
+                                "max_tokens": r.max_tokens, "temperature": r.temperature,
+                                "seed": r.seed if r.seed is not None and r.temperature > 0 else self.seed}
         if r.stop:
             body["stop"] = list(r.stop)
         if r.ignore_eos:
             body["ignore_eos"] = True  # a vLLM / trtllm-serve extension: fixed output lengths for latency
         return body
 
-    def generate(self, requests: list[GenerationRequest]) -> list[str]:
-        def one(r: GenerationRequest) -> str:
-            choices = self._post(self._generation_body(r)).get("choices") or []
+    def generations(self, requests: list[GenerationRequest]) -> list[Generation]:
+        def one(r: GenerationRequest) -> Generation:
+            answer = self._post(self._generation_body(r))
+            choices = answer.get("choices") or []
             if not choices or not isinstance(choices[0].get("text"), str):
                 raise MalformedResponse(f"{self.base_url}: a completion without text", field="backends",
                                         fix="use an OpenAI-compatible completions server")
-            return choices[0]["text"]
+            choice = choices[0]
+            # OpenAI: finish_reason "stop" covers both a stop sequence and end of sequence; vLLM's and
+            # trtllm-serve's stop_reason (None for end of sequence) tells them apart where present.
+            reason = choice.get("finish_reason")
+            if reason == "length":
+                finish = "length"
+            elif reason == "stop" and "stop_reason" in choice:
+                finish = "eos" if choice["stop_reason"] is None else "stop"
+            else:
+                finish = "stop" if reason == "stop" else "unknown"
+            usage = answer.get("usage") or {}
+            return Generation(choice["text"], usage.get("completion_tokens"), finish)
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             return list(pool.map(one, requests))
+
+    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+        return [g.text for g in self.generations(requests)]
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
         """Server-sent events of /v1/completions, one `TokenEvent` per chunk, stamped at arrival.

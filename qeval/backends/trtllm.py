@@ -60,6 +60,7 @@ from qeval import precisions
 from qeval.backends.base import (
     Capabilities,
     EngineUnavailable,
+    Generation,
     GenerationRequest,
     LoglikelihoodRequest,
     LoglikelihoodResult,
@@ -507,18 +508,32 @@ class TRTLLMBackend:
     def _generation_params(self, r: GenerationRequest):
         greedy = r.temperature <= 0
         return self._sampling(max_tokens=r.max_tokens, stop=list(r.stop) or None, ignore_eos=r.ignore_eos,
-                              **({"top_k": 1} if greedy else {"temperature": r.temperature}))
+                              **({"top_k": 1} if greedy else {"temperature": r.temperature,
+                                                               **({} if r.seed is None else {"seed": r.seed})}))
 
     @staticmethod
     def _prompt(r: GenerationRequest):
         return list(r.prompt) if isinstance(r.prompt, tuple) else r.prompt
 
-    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+    def generations(self, requests: list[GenerationRequest]) -> list[Generation]:
         if not requests:
             return []
         outputs = self.llm.generate([self._prompt(r) for r in requests],
                                     [self._generation_params(r) for r in requests], use_tqdm=False)
-        return [truncate_at_stop(out.outputs[0].text, r.stop) for out, r in zip(outputs, requests)]
+        out = []
+        for o, r in zip(outputs, requests):
+            completion = o.outputs[0]
+            reason = getattr(completion, "finish_reason", None)
+            stop_reason = getattr(completion, "stop_reason", None)
+            finish = ("length" if reason == "length" else ("eos" if stop_reason is None else "stop")
+                      if reason == "stop" else "unknown")
+            tokens = getattr(completion, "token_ids", None)
+            out.append(Generation(truncate_at_stop(completion.text, r.stop), len(tokens) if tokens is not None
+                                  else None, finish))
+        return out
+
+    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+        return [g.text for g in self.generations(requests)]
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
         """Token chunks as they arrive (``generate_async(..., streaming=True)``), stamped on arrival."""

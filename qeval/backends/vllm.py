@@ -37,6 +37,7 @@ from qeval.backends.base import (
     Capabilities,
     DistributionRoute,
     EngineUnavailable,
+    Generation,
     GenerationRequest,
     LoglikelihoodRequest,
     LoglikelihoodResult,
@@ -303,15 +304,19 @@ class VLLMBackend:
             results.append(LoglikelihoodResult(logprob=sum(token_lp), is_greedy=greedy, token_logprobs=tuple(token_lp)))
         return results
 
-    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+    def generations(self, requests: list[GenerationRequest]) -> list[Generation]:
         prompts, params = [], []
         for r in requests:
             prompts.append(r.prompt if isinstance(r.prompt, str) else self._prompt(r.prompt))
             params.append(self._vllm.SamplingParams(max_tokens=r.max_tokens, temperature=r.temperature,
-                                                    stop=list(r.stop) or None, ignore_eos=r.ignore_eos))
+                                                    stop=list(r.stop) or None, ignore_eos=r.ignore_eos,
+                                                    seed=r.seed if r.temperature > 0 else None))
         with self._engine_lock:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [o.outputs[0].text for o in outputs]
+        return [_generation(o.outputs[0]) for o in outputs]
+
+    def generate(self, requests: list[GenerationRequest]) -> list[str]:
+        return [g.text for g in self.generations(requests)]
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
         """Tokens as the engine produces them, from any number of threads at once.
@@ -417,3 +422,15 @@ class VLLMBackend:
             log.warning("vLLM engine shutdown: %s", exc)
         del llm
         gc.collect()
+
+
+def _generation(completion: Any) -> Generation:
+    """vLLM's CompletionOutput as a Generation: finish_reason "length" is the budget; "stop" with a
+    stop_reason of None is the end-of-sequence token, with a string (or token id) a stop sequence."""
+    if completion.finish_reason == "length":
+        finish = "length"
+    elif completion.finish_reason == "stop":
+        finish = "eos" if completion.stop_reason is None else "stop"
+    else:
+        finish = "unknown"
+    return Generation(completion.text, len(completion.token_ids), finish)

@@ -20,7 +20,7 @@ from qeval import precisions, speed_only, stats
 from qeval.collect import RunEvidence, collect
 from qeval.gate import Decision, Family, TaskEvidence, decide
 from qeval.report.speed import compare_latency, pareto
-from qeval.store import RunStore, read_manifest
+from qeval.store import RunStore, pair_key, read_manifest
 
 SCHEMA_VERSION = "qeval.results/1"
 SIMULATED_LABEL = "simulated quantization (ModelOpt fake-quant)"
@@ -205,7 +205,7 @@ def _accuracy(samples: _Samples, cell_id: str, tasks: list[str]) -> dict[str, di
 def _answer(record: dict) -> str | None:
     choices, chosen = record.get("choices"), record.get("chosen")
     text = choices[chosen] if isinstance(choices, list) and isinstance(chosen, int) and chosen < len(choices) \
-        else record.get("response")
+        else record.get("extracted", record.get("response"))  # generative: the answer that was scored
     return None if text is None else str(text)[:ANSWER_CHARS]
 
 
@@ -219,10 +219,10 @@ def _gold(record: dict) -> str | None:
 
 def _flip_examples(samples: _Samples, baseline_id: str, cell_id: str, task: str) -> list[dict]:
     """A few items the candidate got wrong where the baseline was right (and the reverse), with both answers."""
-    base = {r["doc_id"]: r for r in samples(baseline_id, task)}
+    base = {pair_key(r): r for r in samples(baseline_id, task)}
     found: dict[str, list[dict]] = {"lost": [], "gained": []}
     for r in samples(cell_id, task):
-        b = base.get(r["doc_id"])
+        b = base.get(pair_key(r))
         if b is None or b.get("prompt_hash") != r.get("prompt_hash"):
             continue
         direction = {(1.0, 0.0): "lost", (0.0, 1.0): "gained"}.get((float(b["score"]), float(r["score"])))
