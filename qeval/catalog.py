@@ -78,13 +78,12 @@ def list_backends(machine: Machine) -> list[str]:
 def list_tasks(machine: Machine) -> list[str]:
     from qeval.assets import bigbench
 
-    pack = bigbench.ensure_task_pack()
+    tasks = bigbench.index()["tasks"]  # pack.json: document counts and metrics, no data file read
     rows = []
     for name in bigbench.list_tasks():
-        data = pack / name.removeprefix(bigbench.PREFIX) / "data.jsonl"
-        with open(data, encoding="utf-8") as f:
-            docs = sum(1 for _ in f)
-        rows.append((name, f"{docs} docs", "acc, offline BIG-bench pack: runs here"))
+        info = tasks[name]
+        rows.append((name, f"{info['n_docs']} docs", f"{', '.join(info.get('metrics') or ['acc'])}, offline "
+                                                     "BIG-bench pack: runs here"))
     return _table(("TASK", "DOCUMENTS", "METRIC, WHERE"), rows) + [
         "(other lm-eval task names also work where the Hugging Face dataset hub is reachable)"]
 
