@@ -61,21 +61,38 @@ def _quantize_in_place(model: torch.nn.Module, precision: str, calibration: Cali
     return counter[0]
 
 
+CT_KIND = "compressed-tensors-checkpoint"
+KINDS = {"modelopt": "modelopt-hf-checkpoint", "compressed-tensors": CT_KIND}
+
+
+def _recipe(precision: str, kind: str) -> Any:
+    """What the artifact is made from: the ModelOpt config, and for compressed-tensors the writer's version."""
+    cfg = precisions.modelopt_config(precision)
+    if kind != CT_KIND:
+        return cfg
+    from importlib import metadata
+
+    from qeval.export_ct import EXPORT_VERSION
+
+    return {"modelopt": cfg, "export": EXPORT_VERSION, "compressed-tensors": metadata.version("compressed-tensors")}
+
+
 def _key(ctx: Any, precision: str, kind: str) -> str:
     from qeval.assets.model import model_hash
 
     if ctx.model_hash is None:
         ctx.model_hash = model_hash(ctx.model_dir)
     return artifacts.artifact_key(kind=kind, model_hash=ctx.model_hash, precision=precision,
-                                  recipe=precisions.modelopt_config(precision),
+                                  recipe=_recipe(precision, kind),
                                   calibration_hash=calibration_for(ctx).content_hash,
                                   versions=artifacts.tool_versions(), device=artifacts.device_class(),
                                   compute_dtype=ctx.compute.dtype)
 
 
 def artifact_key_for(ctx: Any, precision: str, kind: str) -> str:
-    """The artifact-cache key a cell of this run will build or reuse for `precision` (kind "modelopt-fakequant"
-    or "modelopt-hf-checkpoint"): named in the manifest before the cell runs (qeval.provenance)."""
+    """The artifact-cache key a cell of this run will build or reuse for `precision` (kind "modelopt-fakequant",
+    "modelopt-hf-checkpoint" or "compressed-tensors-checkpoint"): named in the manifest before the cell runs
+    (qeval.provenance)."""
     return _key(ctx, precision, kind)
 
 
@@ -115,14 +132,18 @@ def quantize_simulated(model: torch.nn.Module, precision: str, ctx: Any) -> tupl
     return model, {"key": key, "reused": not built, **artifacts.read_manifest(folder)["info"], **info}
 
 
-def export_checkpoint(ctx: Any, precision: str) -> Path:
-    """ModelOpt's unified HF checkpoint of `precision` (for vLLM and TensorRT-LLM), cached."""
+def export_checkpoint(ctx: Any, precision: str, fmt: str = "modelopt") -> Path:
+    """A checkpoint of `precision` for the engines, cached: ModelOpt's unified HF export (fmt "modelopt", for
+    vLLM's ModelOpt loader and TensorRT-LLM) or the same calibration as compressed-tensors INT8 W8A8 (fmt
+    "compressed-tensors", qeval.export_ct: vLLM's INT8 path)."""
     from modelopt.torch.export import export_hf_checkpoint
 
     from qeval.backends.hf import load_hf_model
 
     if precisions.get(precision).is_baseline:
         return Path(ctx.model_dir)
+    if fmt == "compressed-tensors":
+        return _export_compressed_tensors(ctx, precision)
     key = _key(ctx, precision, "modelopt-hf-checkpoint")
 
     def build(folder: Path) -> dict[str, Any]:
@@ -143,4 +164,28 @@ def export_checkpoint(ctx: Any, precision: str) -> Path:
                 "compute_dtype": ctx.compute.dtype}
 
     folder, _ = artifacts.get_or_build(key, build, label=f"{precision} checkpoint")
+    return folder
+
+
+def _export_compressed_tensors(ctx: Any, precision: str) -> Path:
+    from qeval import export_ct
+    from qeval.backends.hf import default_device, load_hf_model, resolve_dtype
+
+    key = _key(ctx, precision, CT_KIND)
+
+    def build(folder: Path) -> dict[str, Any]:
+        device = default_device()
+        trust = ctx.suite.model.trust_remote_code
+        model = load_hf_model(ctx.model_dir, ctx.compute.dtype, device=device, trust_remote_code=trust)
+        precisions.check_compatible(precision, model.config.to_dict())
+        calibration = calibration_for(ctx)
+        passes = _quantize_in_place(model, precision, calibration)
+        # Written in the baseline's dtype, like ModelOpt's export: the engine loads what a user would ship.
+        plain = load_hf_model(ctx.model_dir, resolve_dtype(ctx.suite.model.dtype), device="cpu",
+                              trust_remote_code=trust)
+        info = export_ct.export(model, plain, folder, ctx.tokenizer, _forward_loop(calibration, [0]))
+        return {"precision": precision, "calibration_passes": passes, "device": device,
+                "compute_dtype": ctx.compute.dtype, **info}
+
+    folder, _ = artifacts.get_or_build(key, build, label=f"{precision} compressed-tensors checkpoint")
     return folder

@@ -275,9 +275,12 @@ def test_vllm_load_kwargs_fresh_copy_or_clear_error():
     assert P.vllm_load_kwargs("fp8_kv")["quantization"] == "modelopt"
     assert P.vllm_load_kwargs("fp8", online=True) == {"quantization": "fp8"}
     assert P.vllm_load_kwargs("nvfp4") == {"quantization": "modelopt_fp4"}
+    # int8_sq loads qeval's compressed-tensors export (qeval.export_ct), not ModelOpt's W8A8_SQ one.
+    assert P.vllm_load_kwargs("int8_sq") == {"quantization": "compressed-tensors"}
+    assert P.get("int8_sq").vllm.checkpoint_format == "compressed-tensors"
     with pytest.raises(QevalError) as e:
-        P.vllm_load_kwargs("int8_sq")
-    assert "int8_sq" in str(e.value) and e.value.fix
+        P.vllm_load_kwargs("int8_wo")
+    assert "int8_wo" in str(e.value) and e.value.fix
 
 
 # ---- look-up errors -------------------------------------------------------------------------
