@@ -118,6 +118,8 @@ class Precision:
         trtllm_kv_cache_quant_algo: ``QuantAlgo`` member for the KV cache, or None.
         vllm: the vLLM load arguments.
         kernels: what runs it for real, where (see :func:`kernel_kind`).
+        custom: for a suite's custom recipe (qeval.recipes), its definition: the base and the edits
+            :func:`modelopt_config` applies; None for the registry's own entries.
     """
 
     name: str
@@ -130,6 +132,7 @@ class Precision:
     block_size: int | None = None
     trtllm_kv_cache_quant_algo: str | None = None
     kernels: tuple[KernelSupport, ...] = field(default=())
+    custom: Mapping[str, Any] | None = None
 
     @property
     def is_baseline(self) -> bool:
@@ -153,6 +156,15 @@ def register(precision: Precision) -> Precision:
             raise ValueError(f"precision {precision.name!r}: bad kernel record {k}")
     PRECISIONS[precision.name] = precision
     return precision
+
+
+def register_custom(precision: Precision) -> Precision:
+    """Add (or replace) a suite's custom recipe; a registered precision of the same name is never replaced."""
+    existing = PRECISIONS.get(precision.name)
+    if existing is not None and existing.custom is None:
+        raise ValueError(f"custom recipe {precision.name!r} would replace the registered precision")
+    PRECISIONS.pop(precision.name, None)
+    return register(precision)
 
 
 def _kernels(engine: str, kind: str, archs: str, source: str) -> tuple[KernelSupport, ...]:
@@ -449,6 +461,10 @@ def modelopt_config(precision: str | Precision) -> dict[str, Any] | None:
                 edited += 1
         if not edited:
             raise ValueError(f"precision {p.name!r}: {p.modelopt_cfg} has no weight block size to set")
+    if p.custom is not None:
+        from qeval.recipes import apply_edits
+
+        cfg = apply_edits(cfg, p.custom)
     return cfg
 
 

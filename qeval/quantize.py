@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 STATE_FILE = "modelopt_state.pt"
 
 
-def calibration_for(ctx: Any) -> CalibrationSet:
-    """The suite's calibration set (loaded once per run, overlap with eval tasks refused)."""
+def calibration_for(ctx: Any, precision: str | None = None) -> CalibrationSet:
+    """The calibration set of `precision`: the suite's (loaded once per run, overlap with eval tasks refused),
+    or the one a custom recipe names or resizes (qeval.recipes)."""
+    custom = precisions.get(precision).custom if precision is not None else None
+    if custom and (custom.get("calibration") or custom.get("calibration_samples")):
+        return _recipe_calibration(ctx, custom)
     cached = ctx.calibration
     if cached is None:
         from qeval.errors import QevalError
@@ -36,6 +40,21 @@ def calibration_for(ctx: Any) -> CalibrationSet:
         cached = load_calibration(ctx.suite.calibration, [t.name for t in ctx.suite.tasks], ctx.tokenizer)
         ctx.calibration = cached
     return cached
+
+
+def _recipe_calibration(ctx: Any, custom: Any) -> CalibrationSet:
+    from qeval.errors import QevalError
+
+    name = custom.get("calibration") or ctx.suite.calibration
+    if name is None:
+        raise QevalError("a custom recipe resizes the calibration set but the suite names none",
+                         field="calibration", fix="add e.g. `calibration: bigbench-mixed` to the suite")
+    cache = ctx.__dict__.setdefault("_recipe_calibrations", {})
+    key = (name, custom.get("calibration_samples"))
+    if key not in cache:
+        cache[key] = load_calibration(name, [t.name for t in ctx.suite.tasks], ctx.tokenizer,
+                                      num_samples=custom.get("calibration_samples"))
+    return cache[key]
 
 
 def _forward_loop(calibration: CalibrationSet, counter: list[int]):
@@ -84,7 +103,7 @@ def _key(ctx: Any, precision: str, kind: str) -> str:
         ctx.model_hash = model_hash(ctx.model_dir)
     return artifacts.artifact_key(kind=kind, model_hash=ctx.model_hash, precision=precision,
                                   recipe=_recipe(precision, kind),
-                                  calibration_hash=calibration_for(ctx).content_hash,
+                                  calibration_hash=calibration_for(ctx, precision).content_hash,
                                   versions=artifacts.tool_versions(), device=artifacts.device_class(),
                                   compute_dtype=ctx.compute.dtype)
 
@@ -110,7 +129,7 @@ def quantize_simulated(model: torch.nn.Module, precision: str, ctx: Any) -> tupl
     precisions.check_compatible(precision, model.config.to_dict())
     if next(model.parameters()).device.type == "cpu":
         nvfp4_cpu.install()
-    calibration = calibration_for(ctx)
+    calibration = calibration_for(ctx, precision)
     key = _key(ctx, precision, "modelopt-fakequant")
     info: dict[str, Any] = {}
 
@@ -157,7 +176,7 @@ def export_checkpoint(ctx: Any, precision: str, fmt: str = "modelopt") -> Path:
         model = load_hf_model(ctx.model_dir, ctx.compute.dtype, device=device,
                               trust_remote_code=ctx.suite.model.trust_remote_code)
         precisions.check_compatible(precision, model.config.to_dict())
-        passes = _quantize_in_place(model, precision, calibration_for(ctx))
+        passes = _quantize_in_place(model, precision, calibration_for(ctx, precision))
         export_hf_checkpoint(model, dtype=resolve_dtype(ctx.suite.model.dtype), export_dir=folder)
         ctx.tokenizer.save_pretrained(folder)
         return {"precision": precision, "calibration_passes": passes, "device": device,
@@ -178,7 +197,7 @@ def _export_compressed_tensors(ctx: Any, precision: str) -> Path:
         trust = ctx.suite.model.trust_remote_code
         model = load_hf_model(ctx.model_dir, ctx.compute.dtype, device=device, trust_remote_code=trust)
         precisions.check_compatible(precision, model.config.to_dict())
-        calibration = calibration_for(ctx)
+        calibration = calibration_for(ctx, precision)
         passes = _quantize_in_place(model, precision, calibration)
         # Written in the baseline's dtype, like ModelOpt's export: the engine loads what a user would ship.
         plain = load_hf_model(ctx.model_dir, resolve_dtype(ctx.suite.model.dtype), device="cpu",

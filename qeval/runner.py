@@ -128,6 +128,10 @@ def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
     else:
         src = Path(suite.model.source)
         model_dir = src if src.is_absolute() else (suite_path.parent / src).resolve()
+    from qeval.recipes import check_against_model
+
+    # A recipe's own fields first: the message names the edit (recipes[i]...), not the candidate using it.
+    check_against_model(suite.recipes, model_dir, str(suite_path), suite.model.trust_remote_code)
     check_quantization_inputs(suite, suite_path, model_dir)
     task_manager = bigbench.task_manager()
     for i, task in enumerate(suite.tasks):
