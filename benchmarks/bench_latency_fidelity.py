@@ -119,8 +119,21 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="vLLM random dataset seed (default 0)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/qeval-latency-fidelity"),
                     help="server log and raw results (default /tmp/qeval-latency-fidelity)")
+    ap.add_argument("--speed-shape", default=None, help="serve a speed-only model instead: a built-in shape "
+                    "(llama-3.1-8b) with random weights (vllm serve --load-format dummy) and SmolLM2's tokenizer, "
+                    "as qeval.speed_only builds it")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    server_args = ["--no-enable-prefix-caching"]
+    if args.speed_shape is not None:
+        from importlib import resources
+
+        from qeval import speed_only
+        from qeval.assets.model import ensure_model
+
+        shape = Path(str(resources.files("qeval") / "shapes" / args.speed_shape / "config.json"))
+        args.model = str(speed_only.model_folder(json.loads(shape.read_text()), "bf16", ensure_model()))
+        server_args += ["--load-format", "dummy"]
     if args.model is None:
         from qeval.assets.model import ensure_model
 
@@ -131,7 +144,7 @@ def main() -> None:
     results: dict[int, dict[str, list[dict]]] = {c: {"qeval": [], "vllm": []} for c in args.concurrency}
     with launch_vllm_server(args.model, served_model_name=args.model, log_dir=args.out,
                             max_model_len=args.input_len + args.output_len + 64,
-                            extra_args=["--no-enable-prefix-caching"]) as server, \
+                            extra_args=server_args) as server, \
             closing(OpenAIServerBackend(server.base_url, model=args.model)) as client:
         base_url = server.base_url
         print(f"server up at {base_url} after {time.perf_counter() - t_all:.0f} s", flush=True)

@@ -100,22 +100,32 @@ def get_or_build(key: str, build: Callable[[Path], dict[str, Any]], *, label: st
     """
     if not _KEY.fullmatch(key):  # the key names a folder of the cache: only a sha256 may
         raise ValueError(f"artifact key {key!r} is not a sha256 hex digest")
-    root = cache_subdir("artifacts")
-    folder = under(root, root / key, what="artifact folder")
-    with FileLock(str(root / f"{key}.lock")):
+    return get_or_build_at(cache_subdir("artifacts"), key, build, label=label)
+
+
+def get_or_build_at(root: Path, relpath: str, build: Callable[[Path], dict[str, Any]], *,
+                    label: str) -> tuple[Path, bool]:
+    """`get_or_build` for a cache of its own (TensorRT-LLM engines): `root/relpath`, the same guarantees.
+
+    Built in a temp folder beside the target and renamed into place under a file lock; every file's
+    sha256 is recorded in artifact.json and checked on each read (a corrupt entry is rebuilt).
+    """
+    folder = under(Path(root), Path(root) / relpath, what="cache folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.with_name(folder.name + ".lock"))):
         if folder.exists():
             problem = verify(folder)
             if problem is None:
-                log.info("%s: artifact %s reused from the cache", label, key[:12])
+                log.info("%s: %s reused from the cache", label, folder.name[:12])
                 return folder, False
-            log.warning("%s: cached artifact %s is corrupt (%s); rebuilding it", label, key[:12], problem)
+            log.warning("%s: cached %s is corrupt (%s); rebuilding it", label, folder.name[:12], problem)
             shutil.rmtree(folder)
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(dir=root, prefix=f".{key[:12]}-") as tmp:
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name[:12]}-") as tmp:
             work = Path(tmp) / "artifact"
             work.mkdir()
             info = build(work)
-            manifest = {"key": key, "label": label, "built_seconds": round(time.perf_counter() - started, 2),
+            manifest = {"key": relpath, "label": label, "built_seconds": round(time.perf_counter() - started, 2),
                         "info": info, "files": _file_hashes(work)}
             (work / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
             work.rename(folder)

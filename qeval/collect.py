@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from qeval.evaluate import MetricSemantics, resolve_scale
-from qeval.gate import DivergenceEvidence, ErrorEvidence, Evidence, LatencyEvidence, TaskEvidence
+from qeval.gate import DivergenceEvidence, ErrorEvidence, Evidence, LatencyEvidence, NotEvaluated, TaskEvidence
 from qeval.cells import Cell, plan
 from qeval.store import RunStore
 from qeval.suite import Suite
@@ -72,12 +72,20 @@ def _ordered(records: list[dict]) -> dict[Any, dict]:
     return {r["doc_id"]: r for r in sorted(records, key=lambda r: (r.get("order", r["doc_id"]), r["doc_id"]))}
 
 
-def task_evidence(store: RunStore, suite: Suite, cell: Cell, task: Any, progress: dict | None) -> Evidence | None:
+def task_evidence(store: RunStore, suite: Suite, cell: Cell, task: Any, progress: dict | None,
+                  in_progress: bool = False) -> Evidence | None:
     """One task's paired evidence (or the error that prevents pairing); None where nothing was evaluated yet."""
     baseline = Cell(suite.baseline, cell.backend, True)
     base = _ordered(store.read_samples(baseline.id, task.name))
     cand = _ordered(store.read_samples(cell.id, task.name))
     common = [d for d in cand if d in base]
+    state = ((((progress or {}).get("tasks") or {}).get(task.name) or {}).get("progress") or {})
+    if not cand and state.get("state") == "stopped" and not state.get("looks_done"):
+        return NotEvaluated(cell.precision, cell.backend, task.name,
+                            "another rule of the cell had already FAILed (its divergence, measured before any "
+                            "task), so the run spent no documents on it")
+    if not cand and in_progress:
+        return None  # the runner's consult before the task's first look
     if not common:
         return ErrorEvidence(cell.precision, cell.backend, f"{task.name}: no samples to pair with the baseline")
     mismatched = [d for d in common if base[d]["prompt_hash"] != cand[d]["prompt_hash"]]
@@ -130,10 +138,14 @@ def cell_evidence(store: RunStore, suite: Suite, cell: Cell, status: dict[str, d
         if st.get("state") == "error":
             return [ErrorEvidence(cell.precision, cell.backend, f"{role} cell {c.id} failed: {st.get('cause')}")]
     evidence: list[Evidence] = []
+    if suite.speed_only or (status.get(cell.id) or {}).get("weights") == "synthetic":
+        # Synthetic weights have no quality: only latency is evidence, whatever else lies in the cell's folder.
+        return [LatencyEvidence(candidate=cell.precision, backend=cell.backend, **point)
+                for point in (latency or {}).get("percentiles", [])]
     simulated = ((status.get(cell.id) or {}).get("kernels") or {}).get(cell.precision) == "simulated"
     progress = store.read_json(cell.id, "progress.json")
     for task in suite.tasks:
-        ev = task_evidence(store, suite, cell, task, progress)
+        ev = task_evidence(store, suite, cell, task, progress, in_progress)
         if ev is not None:
             evidence.append(ev)
     div = divergence_evidence(cell, divergence, simulated)

@@ -52,7 +52,7 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -293,7 +293,9 @@ def load_shapes(concurrency: Sequence[int], request_rate: Sequence[float]) -> li
 def probe(backend: Any, tokenizer: Any, *, concurrency: Sequence[int] = (1, 4), request_rate: Sequence[float] = (),
           input_tokens: int = 128, output_tokens: int = 32, num_requests: int = 16, warmup_requests: int = 2,
           seed: int = 0, bootstrap_seed: int = 0, confidence: float = 0.90, n_resamples: int = 2000,
-          prompts: Sequence[tuple[int, ...] | str] | None = None, label: str = "latency") -> dict:
+          prompts: Sequence[tuple[int, ...] | str] | None = None, label: str = "latency", sweep: int = 0,
+          sweep_rates: Sequence[float] | None = None, sweep_source: str = "",
+          goodput_slo: Mapping[str, float] | None = None) -> dict:
     """Measure every load point on one backend and return the latency record (not written anywhere).
 
     Args:
@@ -309,14 +311,23 @@ def probe(backend: Any, tokenizer: Any, *, concurrency: Sequence[int] = (1, 4), 
         prompts: your own prompts instead of the synthetic ones (warm-up ones first: each load
             point takes the next warmup_requests + num_requests of them, cycling).
         label: progress bar text.
+        sweep: GuideLLM sweep size (qeval.load_profiles.sweep_rates; 0: none): after the listed points,
+            sweep - 2 Poisson rates from the concurrency-1 rate up to the highest concurrency's rate.
+        sweep_rates: the sweep's rates given (the baseline's, so a candidate sees the same offered load);
+            None measures them here.
+        sweep_source: where given sweep_rates come from (recorded).
+        goodput_slo: metric -> ms; each load point then records its goodput (qeval.load_profiles.goodput).
 
     Returns:
         The record written to latency.json (see `run_latency`).
     """
+    from qeval import load_profiles
+
     shapes = load_shapes(concurrency, request_rate)
+    n_sweep = max(0, sweep - 2) if sweep else 0
     per_point = warmup_requests + num_requests
     if prompts is None:
-        prompts = synthetic_prompts(tokenizer, per_point * len(shapes), input_tokens, seed)
+        prompts = synthetic_prompts(tokenizer, per_point * (len(shapes) + n_sweep), input_tokens, seed)
         source = f"synthetic token ids (seed {seed}), exactly {input_tokens} per prompt"
     else:
         source = "given prompts"
@@ -328,8 +339,10 @@ def probe(backend: Any, tokenizer: Any, *, concurrency: Sequence[int] = (1, 4), 
         "confidence": confidence, "bootstrap": {"n_resamples": n_resamples, "seed": bootstrap_seed},
         "loads": [], "percentiles": [],
     }
-    with progress_bar(label, per_point * len(shapes)) as advance:
-        for k, shape in enumerate(shapes):
+    with progress_bar(label, per_point * (len(shapes) + n_sweep)) as advance:
+        k = 0
+        while k < len(shapes):
+            shape = shapes[k]
             chunk = [prompts[(k * per_point + j) % len(prompts)] for j in range(per_point)]
             warm = build_requests(chunk[:warmup_requests], output_tokens)
             measured = build_requests(chunk[warmup_requests:], output_tokens)
@@ -348,13 +361,35 @@ def probe(backend: Any, tokenizer: Any, *, concurrency: Sequence[int] = (1, 4), 
             if point["failed"] or point["wrong_length"]:
                 log.warning("%s %s: %d failed requests, %d with a length other than %d tokens", label, shape.label,
                             point["failed"], point["wrong_length"], output_tokens)
+            if goodput_slo:
+                point["goodput"] = load_profiles.goodput(point["requests"], goodput_slo, point["duration_s"],
+                                                         confidence=confidence)
             record["loads"].append(point)
             record["percentiles"].extend(rows)
             s = point["summary"]
             log.info("%s %s: TTFT p50 %.1f ms, TPOT p50 %.2f ms, %.2f req/s, %.1f tok/s", label, shape.label,
                      s["ttft"]["p50"]["value_ms"], s.get("tpot", {}).get("p50", {}).get("value_ms", math.nan),
                      point["requests_per_s"], point["output_tokens_per_s"])
+            k += 1
+            if n_sweep and k == len(concurrency) + len(request_rate):  # the listed points are done: the sweep
+                record["sweep"] = _sweep_record(record["loads"], concurrency, sweep, sweep_rates, sweep_source)
+                shapes += [LoadShape.poisson(r) for r in record["sweep"]["rates"]]
     return record
+
+
+def _sweep_record(loads: Sequence[dict], concurrency: Sequence[int], sweep: int,
+                  given: Sequence[float] | None, source: str) -> dict:
+    """The sweep's ends as measured at concurrency 1 and at the highest concurrency, and its rates."""
+    from qeval import load_profiles
+
+    by_c = {p["concurrency"]: p for p in loads if p["shape"] == "concurrency"}
+    top = max(concurrency)
+    sync, thr = by_c[1]["requests_per_s"], by_c[top]["requests_per_s"]
+    rates = [float(r) for r in given] if given else load_profiles.sweep_rates(sync, thr, sweep)
+    return {"size": sweep, "synchronous_load": "c1", "throughput_load": f"c{top}", "synchronous_rps": sync,
+            "throughput_rps": thr, "rates": rates, "arrivals": "poisson",
+            "rates_from": source if given else "this cell's own synchronous and throughput points",
+            "definition": "GuideLLM sweep: np.linspace(synchronous, throughput, size - 1)[1:]"}
 
 
 def _cannot_stream(run: LoadRun) -> str | None:
@@ -386,11 +421,18 @@ def run_latency(ctx: Any, cell: Any, backend: Any) -> dict:
     if existing and existing.get("schema") == SCHEMA:
         return existing
     spec = ctx.suite.latency
+    rates, source = None, ""
+    if spec.sweep and not cell.is_baseline:  # the baseline's offered loads, so every speed-up compares like with like
+        base_id = f"{ctx.suite.baseline}-{cell.backend}"
+        base_sweep = (ctx.store.read_json(base_id, "latency.json") or {}).get("sweep") or {}
+        if base_sweep.get("rates"):
+            rates, source = base_sweep["rates"], f"the baseline cell {base_id}"
     record = probe(backend, ctx.tokenizer, concurrency=spec.concurrency, request_rate=spec.request_rate,
                    input_tokens=spec.input_tokens, output_tokens=spec.output_tokens, num_requests=spec.num_requests,
                    warmup_requests=spec.warmup_requests, seed=ctx.suite.seeds.sampling,
                    bootstrap_seed=ctx.suite.seeds.bootstrap, confidence=1 - 2 * ctx.suite.gate.alpha,
-                   label=f"latency {cell.id}")
+                   label=f"latency {cell.id}", sweep=spec.sweep, sweep_rates=rates, sweep_source=source,
+                   goodput_slo=dict(spec.goodput))
     kernels = dict(backend.capabilities.kernels)
     record.update(cell=cell.id, precision=cell.precision, backend=cell.backend, kernels=kernels)
     notes = []

@@ -252,6 +252,14 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
     if allow_changed and not resume:
         raise QevalError("--allow-changed applies to a resume only", field="--allow-changed",
                          fix="add --resume RUN_DIR, or drop --allow-changed for a new run")
+    if suite.speed_only:  # synthetic weights: latency only, no tasks, no artifacts to vouch for
+        from qeval import speed_only
+
+        if allow_changed:
+            raise QevalError("--allow-changed does not apply to a speed_only suite (its records depend on the "
+                             "shape's config, which the suite hash covers)", field="--allow-changed",
+                             fix="drop --allow-changed")
+        return speed_only.run(suite, suite_path, run_dir, resume=resume)
     sha = suite_hash(suite_path)
     store = RunStore(run_dir)
     if resume:

@@ -139,8 +139,9 @@ def drive_cell(mode: Mode, plans: Sequence[TaskPlan], progress: Mapping[str, Tas
     """Run a candidate cell's tasks look by look until each is settled, stopped, complete or out of budget.
 
     Look-major: the next look of every open task, then one consult of the gate. A task whose rule
-    is PASS or FAIL is settled; once any rule of the cell FAILs, every task that has had its first
-    look stops (the cell is BLOCKed). Fixed mode never stops early.
+    is PASS or FAIL is settled; once any rule of the cell FAILs, every open task stops (the cell is
+    BLOCKed) — before the first look too, when the divergence measured ahead of the tasks already
+    FAILs. Fixed mode never stops early.
 
     Args:
         mode: the sampling mode.
@@ -158,6 +159,15 @@ def drive_cell(mode: Mode, plans: Sequence[TaskPlan], progress: Mapping[str, Tas
     def persist() -> None:
         if save is not None:
             save(state)
+
+    if mode != "fixed" and consult().cell_failed:
+        # A rule the cell already has evidence for (its divergence, measured before any task) FAILs:
+        # the cell is BLOCKed whatever its tasks say, so none of them is evaluated.
+        for plan in plans:
+            if state[plan.task].state == "open":
+                state[plan.task].state = "stopped"
+        persist()
+        return run
 
     while True:
         open_plans = [p for p in plans if state[p.task].state == "open"]
@@ -191,7 +201,7 @@ def drive_cell(mode: Mode, plans: Sequence[TaskPlan], progress: Mapping[str, Tas
             prog.verdict = verdicts.task_verdicts.get(plan.task, prog.verdict)
             if prog.state == "open" and prog.verdict in ("PASS", "FAIL"):
                 prog.state = "settled"
-            if verdicts.cell_failed and prog.state == "open" and prog.looks_done >= 1:
+            if verdicts.cell_failed and prog.state == "open":
                 prog.state = "stopped"
         persist()
         if not evaluated:

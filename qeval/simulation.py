@@ -81,7 +81,10 @@ def simulate_cell(truth: CellTruth, policy: GatePolicy, family: Family, *, mode:
         data[plan.task] = [np.concatenate([old_b, b]), np.concatenate([old_c, c])]
 
     def consult() -> sampling.Consult:
-        [d] = decide(policy, evidence(), family=family)
+        ev = evidence()
+        if not ev:  # before the first look: no rule has evidence yet (the simulation has no divergence)
+            return sampling.Consult({}, False)
+        [d] = decide(policy, ev, family=family)
         return sampling.Consult({td.task: td.verdict for td in d.tasks}, d.verdict == "BLOCK")
 
     sampling.drive_cell(mode, plans, {}, evaluate=evaluate, consult=consult)

@@ -60,6 +60,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SpeedOnlySpec(_Strict):
+    """A speed-only model: a published architecture's shape with synthetic weights (qeval.speed_only)."""
+
+    shape: str = Field(description="a built-in architecture (llama-3.1-8b) or a folder holding its config.json "
+                       "(relative to the suite file)")
+    tokenizer: str = Field("smollm2-135m-instruct", description="a built-in model whose tokenizer builds the "
+                           "latency prompts and is served with the engine (any offline tokenizer will do: with "
+                           "random weights the text means nothing; prompt ids stay below both vocabularies)")
+    load_format: Literal["dummy"] = Field("dummy", description="vLLM's random-weight loader (the only one)")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="more vllm.LLM keyword arguments for "
+                                        "every cell (e.g. enforce_eager: true to skip graph compilation)")
+
+
 class ModelSpec(_Strict):
     """The model under test, in its baseline precision."""
 
@@ -74,6 +87,11 @@ class ModelSpec(_Strict):
     trust_remote_code: bool = Field(False, strict=True,
                                     description="run the model folder's own Python code; off unless you trust it")
     max_length: PositiveInt = 2048
+    speed_only: SpeedOnlySpec | None = Field(None, description=(
+        "speed only: an engine built from a published architecture's config.json with random weights "
+        "(vLLM load_format='dummy'): real kernels and real shapes, meaningless text. Its cells run latency "
+        "and throughput only, the report labels them 'synthetic weights, speed only' and the gate never "
+        "reads them for quality; `source` is then not used"))
 
 
 class TaskSpec(_Strict):
@@ -158,6 +176,23 @@ class LatencySpec(_Strict):
     warmup_requests: NonNegativeInt = 2
     backends: list[str] | None = Field(None, description="backends to probe (default: all the suite's); e.g. "
                                        "[vllm]: HF in process has no batching, its latency says little")
+    sweep: NonNegativeInt = Field(0, description=(
+        "GuideLLM's rate sweep: this many strategies in all (GuideLLM's default is 10; 0: no sweep): "
+        "synchronous (concurrency 1) and throughput (the highest concurrency listed) are the concurrency "
+        "points, then sweep - 2 Poisson rates evenly spaced from the synchronous rate up to the throughput "
+        "rate, as the baseline measured them (candidates run at the baseline's rates: same offered load)"))
+    goodput: dict[Literal["ttft", "tpot", "e2e"], PositiveFloat] = Field(default_factory=dict, description=(
+        "SLOs in ms for goodput (requests/s meeting every one of them, as `vllm bench serve --goodput` "
+        "counts it), e.g. {ttft: 500, tpot: 50}; computed at every load point"))
+
+    @model_validator(mode="after")
+    def _sweep_has_its_ends(self) -> "LatencySpec":
+        if self.sweep and (1 not in self.concurrency or len(self.concurrency) < 2):
+            raise ValueError("latency.sweep needs concurrency 1 (synchronous) and a higher concurrency "
+                             f"(throughput) among latency.concurrency, got {self.concurrency}")
+        if self.sweep and self.sweep < 3:
+            raise ValueError(f"latency.sweep {self.sweep} gives no rate (it counts synchronous and throughput)")
+        return self
 
     @field_validator("request_rate")
     @classmethod
@@ -230,7 +265,8 @@ class Suite(_Strict):
         "names one like any precision"))
     candidates: list[str] = Field(min_length=1)
     backends: list[str] = Field(default_factory=lambda: ["hf"], min_length=1)
-    tasks: list[TaskSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(default_factory=list, validate_default=True,
+                                  description="required, except for a speed_only model (which has none)")
     calibration: str | None = Field(None, description="name of a calibration set in calibration_sets/")
     gate: GatePolicy = Field(default_factory=GatePolicy)
     latency: LatencySpec = Field(default_factory=LatencySpec)
@@ -300,7 +336,16 @@ class Suite(_Strict):
 
     @field_validator("tasks")
     @classmethod
-    def _unique_tasks(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
+    def _unique_tasks(cls, tasks: list[TaskSpec], info: ValidationInfo) -> list[TaskSpec]:
+        model = info.data.get("model")
+        speed_only = model is not None and model.speed_only is not None
+        if not tasks and not speed_only and "model" in info.data:
+            raise FieldProblem("tasks is required: a suite without tasks measures no quality",
+                               "add e.g. `tasks: [{name: bigbench_mc_physics, limit: 100}]` (see suites/smoke.yaml), "
+                               "or set model.speed_only for a latency-only suite")
+        if tasks and speed_only:
+            raise FieldProblem("a speed_only model has synthetic (random) weights: task scores would be noise",
+                               "remove tasks from this suite, or drop model.speed_only to test real weights")
         for i, task in enumerate(tasks):
             # A task name names its per-sample file (cells/<cell>/samples/<task>.jsonl): never a path.
             _safe_file_name(task.name, f"task name (tasks[{i}].name)")
@@ -313,9 +358,23 @@ class Suite(_Strict):
         # The suite name starts the run directory's name (reports/<name>-<time>): never a path.
         return _safe_file_name(name, "suite name")
 
+    @model_validator(mode="after")
+    def _speed_only_matrix(self) -> "Suite":
+        if self.model.speed_only is None:
+            return self
+        from qeval.speed_only import check_matrix
+
+        check_matrix(self)
+        return self
+
     @property
     def precisions(self) -> list[str]:
         return [self.baseline, *self.candidates]
+
+    @property
+    def speed_only(self) -> bool:
+        """Synthetic weights: latency and throughput only, never quality (qeval.speed_only)."""
+        return self.model.speed_only is not None
 
 
 def _no_duplicates(names: list[str], what: str) -> None:
@@ -473,6 +532,12 @@ def load_suite(arg: str | Path | None = None) -> tuple[Suite, Path]:
     except ValidationError as err:
         raise validation_error_to_qeval(err, str(path)) from None
     _check_model_source(suite, path)
+    # The shape's folder exists and is a model config: checked now, not at the first cell. A run directory's copy
+    # of the suite is not checked: its manifest holds the config the run used (the shape may be relative).
+    if suite.speed_only and not (path.parent / "manifest.json").is_file():
+        from qeval.speed_only import read_config, shape_dir
+
+        read_config(shape_dir(suite, path), path)
     _warn_unreachable_slos(suite, path)
     return suite, path
 

@@ -307,6 +307,20 @@ def test_builds_once_then_reloads_from_the_cache(fake_gpu, tmp_path):
     assert c.built_now and c.engine_dir != a.engine_dir
 
 
+def test_a_corrupt_cached_engine_is_rebuilt_not_loaded(fake_gpu, tmp_path):
+    """The engine cache verifies every file's sha256 on read (the artifact cache's machinery)."""
+    ckpt = _ckpt(tmp_path)
+    a = T.TRTLLMBackend(ckpt, precision="fp8", artifact_key="art1", cache_root=tmp_path / "engines")
+    assert a.built_now and (a.engine_dir / "artifact.json").is_file()
+    (a.engine_dir / "config.json").write_text('{"tampered": true}')
+    assert not T.cached_engine(a.engine_dir)
+    FakeLLM.calls = []
+    b = T.TRTLLMBackend(ckpt, precision="fp8", artifact_key="art1", cache_root=tmp_path / "engines")
+    assert b.built_now and T.cached_engine(b.engine_dir)
+    assert [c[0] for c in FakeLLM.calls] == ["init", "save", "shutdown", "init"]  # built from the checkpoint again
+    assert (b.engine_dir / "config.json").read_text() == "{}"
+
+
 def test_quantize_in_trtllm_passes_real_quant_and_calib_configs(fake_gpu, tmp_path):
     bf16 = tmp_path / "bf16"
     bf16.mkdir()

@@ -52,7 +52,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -231,9 +230,11 @@ def default_cache_root() -> Path:
 
 
 def cached_engine(path: str | Path) -> bool:
-    """True when ``path`` holds a complete saved engine (qeval writes its marker last)."""
+    """True when ``path`` holds a complete saved engine whose files match their recorded sha256."""
+    from qeval.artifacts import verify
+
     path = Path(path)
-    return (path / ENGINE_MARKER).is_file() and (path / "config.json").is_file()
+    return (path / ENGINE_MARKER).is_file() and (path / "config.json").is_file() and verify(path) is None
 
 
 # ---- scoring (pure) -----------------------------------------------------------------------
@@ -417,43 +418,40 @@ class TRTLLMBackend:
 
         LLM = _trt_llm_class(tensorrt_llm)
         extra = dict(llm_kwargs or {})
-        self.built_now = not cached_engine(self.engine_dir)
-        if self.built_now:
-            self._build_and_save(LLM, prequantized, calibration, extra, build_id)
+        # The engine cache is the artifact cache's machinery (lock, temp folder + rename, sha256 of every
+        # file checked on read) under its own root: an engine is only valid for the GPU that built it.
+        from qeval.artifacts import get_or_build_at
+
+        _, self.built_now = get_or_build_at(
+            Path(cache_root), self.cache_key, lambda work: self._build_and_save(LLM, work, prequantized, calibration,
+                                                                                extra, build_id),
+            label=f"TensorRT-LLM engine ({self.precision.name})")
         # Always run from the saved engine: what runs is what the cache holds.
         self.llm = LLM(model=str(self.engine_dir), tokenizer=str(self.tokenizer_dir), **extra)
         self.tokenizer = self.llm.tokenizer
 
-    def _build_and_save(self, LLM, prequantized: bool, calibration, extra: dict, build_id: dict) -> None:
-        from filelock import FileLock
-
-        self.engine_dir.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.engine_dir) + ".lock"):
-            if cached_engine(self.engine_dir):  # another process built it meanwhile
-                return
-            kwargs: dict[str, Any] = {"build_config": self._llmapi.BuildConfig(**self.build)}
-            if not prequantized and not self.precision.is_baseline:
-                q = quant_config_kwargs(self.precision)
-                QuantAlgo = self._llmapi.QuantAlgo
-                for k in ("quant_algo", "kv_cache_quant_algo"):
-                    q[k] = QuantAlgo[q[k]] if q[k] is not None else None
-                kwargs["quant_config"] = self._llmapi.QuantConfig(**q)
-                kwargs["calib_config"] = self._llmapi.CalibConfig(**dict(calibration))
-            t0 = time.perf_counter()
-            llm = LLM(model=str(self.checkpoint_dir), tokenizer=str(self.tokenizer_dir), **kwargs, **extra)
-            tmp = self.engine_dir.with_name(self.engine_dir.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                llm.save(str(tmp))
-            finally:
-                llm.shutdown()
-            (tmp / ENGINE_MARKER).write_text(json.dumps(
-                {"cache_key": self.cache_key, "precision": self.precision.name, "gpu_sku": self.gpu_sku,
-                 "trtllm_version": self.trtllm_version, "checkpoint_dir": str(self.checkpoint_dir),
-                 "build": build_id, "build_seconds": round(time.perf_counter() - t0, 1)},
-                indent=2, default=str))
-            shutil.rmtree(self.engine_dir, ignore_errors=True)
-            os.replace(tmp, self.engine_dir)
+    def _build_and_save(self, LLM, work: Path, prequantized: bool, calibration, extra: dict,
+                        build_id: dict) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"build_config": self._llmapi.BuildConfig(**self.build)}
+        if not prequantized and not self.precision.is_baseline:
+            q = quant_config_kwargs(self.precision)
+            QuantAlgo = self._llmapi.QuantAlgo
+            for k in ("quant_algo", "kv_cache_quant_algo"):
+                q[k] = QuantAlgo[q[k]] if q[k] is not None else None
+            kwargs["quant_config"] = self._llmapi.QuantConfig(**q)
+            kwargs["calib_config"] = self._llmapi.CalibConfig(**dict(calibration))
+        t0 = time.perf_counter()
+        llm = LLM(model=str(self.checkpoint_dir), tokenizer=str(self.tokenizer_dir), **kwargs, **extra)
+        work.rmdir()  # LLM.save writes the engine folder itself
+        try:
+            llm.save(str(work))
+        finally:
+            llm.shutdown()
+        marker = {"cache_key": self.cache_key, "precision": self.precision.name, "gpu_sku": self.gpu_sku,
+                  "trtllm_version": self.trtllm_version, "checkpoint_dir": str(self.checkpoint_dir),
+                  "build": build_id, "build_seconds": round(time.perf_counter() - t0, 1)}
+        (work / ENGINE_MARKER).write_text(json.dumps(marker, indent=2, default=str))
+        return marker
 
     @classmethod
     def from_cell(cls, ctx: Any, cell: Any) -> "TRTLLMBackend":

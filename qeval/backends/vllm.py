@@ -173,13 +173,16 @@ class VLLMBackend:
             weights (float32 on a CPU that emulates bf16).
         max_model_len: context length (also bounds scoring requests).
         trust_remote_code: passed through; off unless the suite asks.
+        kernel_kind: what runs the precision, where the caller knows better than the registry (speed-only
+            engines build formats from a config the registry's ModelOpt routes do not cover).
+        detokenize: False streams token ids only (a speed-only engine samples ids its tokenizer has no text for).
     """
 
     name = "vllm"
 
     def __init__(self, model_path: str | Path, *, precision: str = "bf16", load_kwargs: dict[str, Any] | None = None,
                  dtype: str = "auto", max_model_len: int = 2048, trust_remote_code: bool = False,
-                 seed: int = 0, note: str = "") -> None:
+                 seed: int = 0, note: str = "", kernel_kind: str | None = None, detokenize: bool = True) -> None:
         try:
             import vllm
         except ImportError as exc:
@@ -190,6 +193,8 @@ class VLLMBackend:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's default takes much of the RAM
         self.precision = precision
         self.note = note
+        self.kernel_kind = kernel_kind
+        self.detokenize = detokenize
         self.max_length = max_model_len
         self.load_kwargs = dict(load_kwargs or {})
         self._vllm = vllm
@@ -248,8 +253,8 @@ class VLLMBackend:
 
     @property
     def capabilities(self) -> Capabilities:
-        kind = "real" if precisions.get(self.precision).is_baseline else precisions.kernel_kind(
-            self.precision, "vllm", precisions.current_arch())
+        kind = self.kernel_kind or ("real" if precisions.get(self.precision).is_baseline else precisions.kernel_kind(
+            self.precision, "vllm", precisions.current_arch()))
         notes = f"vLLM {self._vllm.__version__} in process" + (" (CPU build)" if _on_cpu() else "")
         quant = f"quantization reported by the engine: {self.engine_quantization or 'none'}"
         if self.linear_kernels:
@@ -362,7 +367,7 @@ class VLLMBackend:
 
         params = self._vllm.SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
                                            stop=list(request.stop) or None, ignore_eos=request.ignore_eos,
-                                           output_kind=RequestOutputKind.DELTA)
+                                           output_kind=RequestOutputKind.DELTA, detokenize=self.detokenize)
         prompt = request.prompt if isinstance(request.prompt, str) else self._prompt(request.prompt)
         mine: queue.SimpleQueue = queue.SimpleQueue()
         request_id = f"qeval-stream-{next(self._stream_ids)}"

@@ -13,12 +13,13 @@ One concern per module, in the order the decision flows:
 from __future__ import annotations
 
 from qeval.gate.decide import RESERVED, decide, planned_rules, safe_rule_id
-from qeval.gate.evidence import DivergenceEvidence, ErrorEvidence, Evidence, LatencyEvidence, TaskEvidence
+from qeval.gate.evidence import (DivergenceEvidence, ErrorEvidence, Evidence, LatencyEvidence, NotEvaluated,
+                                 TaskEvidence)
 from qeval.gate.family import Family
 from qeval.gate.outcomes import Decision, GateVerdict, RuleResult, RuleVerdict, TaskDecision
 from qeval.gate.policy import GatePolicy, LatencySLO, TrtllmRulePolicy
 from qeval.gate.rules import aggregate, sequential_blocker
 
 __all__ = ["Decision", "DivergenceEvidence", "ErrorEvidence", "Evidence", "Family", "GatePolicy", "GateVerdict",
-           "LatencyEvidence", "LatencySLO", "RESERVED", "RuleResult", "RuleVerdict", "TaskDecision", "TaskEvidence",
+           "LatencyEvidence", "LatencySLO", "NotEvaluated", "RESERVED", "RuleResult", "RuleVerdict", "TaskDecision", "TaskEvidence",
            "TrtllmRulePolicy", "aggregate", "decide", "planned_rules", "safe_rule_id", "sequential_blocker"]

@@ -18,7 +18,8 @@ from typing import Sequence
 
 from qeval.errors import QevalError
 from qeval.gate import messages, rules
-from qeval.gate.evidence import DivergenceEvidence, ErrorEvidence, Evidence, LatencyEvidence, TaskEvidence
+from qeval.gate.evidence import (DivergenceEvidence, ErrorEvidence, Evidence, LatencyEvidence, NotEvaluated,
+                                 TaskEvidence)
 from qeval.gate.family import CellKey, Family
 from qeval.gate.outcomes import Decision, RuleResult, TaskDecision
 from qeval.gate.policy import GatePolicy
@@ -41,7 +42,7 @@ def safe_rule_id(text: str) -> str:
 def _flatten(evidence: tuple) -> list[Evidence]:
     out: list[Evidence] = []
     for item in evidence:
-        if isinstance(item, (TaskEvidence, DivergenceEvidence, LatencyEvidence, ErrorEvidence)):
+        if isinstance(item, (TaskEvidence, DivergenceEvidence, LatencyEvidence, ErrorEvidence, NotEvaluated)):
             out.append(item)
         elif isinstance(item, Iterable) and not isinstance(item, (str, bytes)):
             out.extend(_flatten(tuple(item)))
@@ -53,10 +54,11 @@ def _flatten(evidence: tuple) -> list[Evidence]:
 
 def _group(items: list[Evidence]) -> dict[CellKey, dict[str, list]]:
     cells: dict[CellKey, dict[str, list]] = {}
-    kind = {TaskEvidence: "task", DivergenceEvidence: "div", LatencyEvidence: "lat", ErrorEvidence: "err"}
+    kind = {TaskEvidence: "task", DivergenceEvidence: "div", LatencyEvidence: "lat", ErrorEvidence: "err",
+            NotEvaluated: "skip"}
     for ev in items:
-        cells.setdefault((ev.candidate, ev.backend), {"task": [], "div": [], "lat": [], "err": []})[kind[type(ev)]] \
-            .append(ev)
+        cells.setdefault((ev.candidate, ev.backend), {"task": [], "div": [], "lat": [], "err": [], "skip": []}
+                         )[kind[type(ev)]].append(ev)
     return cells
 
 
@@ -80,7 +82,7 @@ def _task_rule_ids(tasks: list[TaskEvidence]) -> list[str]:
 def _cell_pvalue(policy: GatePolicy, cell: dict[str, list], task_stats: list[rules.TaskStats],
                  fixed_level: float) -> float:
     """The cell's IUT p-value: the largest of its rules' (a crashed cell: 1)."""
-    if cell["err"]:
+    if cell["err"] or cell["skip"]:  # a crash, or a task never evaluated: nothing licenses shipping
         return 1.0
     ps = [rules.task_pvalue(st) for st in task_stats]
     if policy.max_kld_mean is not None:
@@ -131,6 +133,11 @@ def decide(policy: GatePolicy, *evidence: Evidence | Iterable[Evidence], family:
             out.append(RuleResult("error" if i == 0 else f"error_{i + 1}", False,
                                   f"{label}: FAIL — the cell crashed, so nothing it produced can be trusted: "
                                   f"{err.cause}", "error"))
+        for skipped in cell["skip"]:
+            rid = safe_rule_id(skipped.task)
+            out.append(RuleResult(f"task_{rid}" if rid in RESERVED or rid.startswith("latency_") else rid, None,
+                                  f"{label}: INCONCLUSIVE — {skipped.task} was not evaluated: {skipped.reason}",
+                                  "task"))
         for st in task_stats[key]:
             td = rules.task_rule(policy, st, level=level, multiplier=s, correction=correction,
                                  spending=st.ev.spending)

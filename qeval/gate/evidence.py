@@ -175,4 +175,24 @@ class ErrorEvidence:
     cause: str
 
 
-Evidence = Union[TaskEvidence, DivergenceEvidence, LatencyEvidence, ErrorEvidence]
+@dataclass(frozen=True)
+class NotEvaluated:
+    """A task the runner never evaluated for a cell, on purpose (another rule had already FAILed).
+
+    It counts as an open rule (INCONCLUSIVE, p = 1): the cell can never SHIP without it, and the
+    rule that FAILed is what BLOCKs it.
+
+    Attributes:
+        candidate: precision name.
+        backend: engine.
+        task: the task's name.
+        reason: why it was not evaluated, in words.
+    """
+
+    candidate: str
+    backend: str
+    task: str
+    reason: str
+
+
+Evidence = Union[TaskEvidence, DivergenceEvidence, LatencyEvidence, ErrorEvidence, NotEvaluated]

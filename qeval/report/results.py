@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from qeval import precisions, stats
+from qeval import precisions, speed_only, stats
 from qeval.collect import RunEvidence, collect
 from qeval.gate import Decision, Family, TaskEvidence, decide
 from qeval.report.speed import compare_latency, pareto
@@ -31,6 +31,7 @@ EMULATED_LABEL = "emulated by the engine"
 EXTERNAL_LABEL = "external server"
 CRASHED_LABEL = "crashed: no results"
 NOT_RUN_LABEL = "not run"
+SPEED_ONLY_LABEL = speed_only.LABEL
 
 # What each "how it ran" label means, in the words the report prints beside it.
 LABEL_MEANING = {
@@ -46,6 +47,7 @@ LABEL_MEANING = {
                     "the cell's notes say what its API reports, nothing more",
     CRASHED_LABEL: "the cell crashed; its cause is in the decisions table",
     NOT_RUN_LABEL: "the cell has no results in this run directory",
+    SPEED_ONLY_LABEL: speed_only.LABEL_MEANING,
 }
 EXAMPLES_PER_TASK = 3  # flipped answers shown per task and direction
 ANSWER_CHARS = 160
@@ -109,6 +111,8 @@ def _cell_label(run: RunEvidence, cell_id: str, precision: str, backend: str) ->
         return ENGINE_UNAVAILABLE_LABEL
     if status.get("state") == "error":
         return CRASHED_LABEL
+    if status.get("weights") == "synthetic":
+        return SPEED_ONLY_LABEL
     kind = (status.get("kernels") or {}).get(precision)
     if kind == "simulated":
         return SIMULATED_LABEL
@@ -128,7 +132,8 @@ def _kl_entry(cell: dict[str, Any], section: str) -> dict[str, Any] | None:
     if not s or not s.get("n_tokens"):
         return {"unavailable": div["unavailable"]} if div.get("unavailable") else None
     floor = (div.get("noise_floor") or {})
-    return {"kld_mean": s["kld_mean"], "kld_mean_ci": s.get("kld_mean_ci"), "kld_kind": s["kld_kind"],
+    # Records written before the top-k routes existed carry no kld_kind: they were all exact (full vocabulary).
+    return {"kld_mean": s["kld_mean"], "kld_mean_ci": s.get("kld_mean_ci"), "kld_kind": s.get("kld_kind", "exact"),
             "kld_upper_mean": (s.get("kld_upper") or {}).get("kld_mean"), "top1_agree": s["top1_agree"],
             "ppl_ratio": s["ppl_ratio"], "n_tokens": s["n_tokens"], "route": (div.get("route") or {}).get("name"),
             "exact": (div.get("route") or {}).get("exact"), "simulated": div.get("simulated"),

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from qeval import stats
+from qeval.load_profiles import goodput_speedup
 
 # (name, kind, label): what a speed-up is computed on, per request.
 SPEEDUP_METRICS = (
@@ -97,6 +98,18 @@ def compare_latency(candidate: dict[str, Any] | None, baseline: dict[str, Any] |
                              "statistic": sp.statistic, "n_baseline": sp.n_baseline, "n_candidate": sp.n_candidate,
                              "method": sp.method,
                              "candidate_median": float(np.median(c)), "baseline_median": float(np.median(b))})
+        slo = (load.get("goodput") or {}).get("slo_ms")
+        if slo and (ref.get("goodput") or {}).get("slo_ms") == slo:  # goodput ratio (qeval.load_profiles)
+            gp = goodput_speedup(ref, load, slo, n_resamples=n_resamples, seed=seed)
+            if gp is not None:
+                speedups.append({"metric": "goodput", "kind": "throughput",
+                                 "label": f"goodput: requests/s meeting {load['goodput']['vllm_goodput_arg']} (ms)",
+                                 "concurrency": load.get("concurrency"), "request_rate": load.get("request_rate"),
+                                 "load": load_label(load), "estimate": gp["estimate"], "ci": gp["ci"],
+                                 "confidence": gp["confidence"], "statistic": "goodput (mean of good x req/s)",
+                                 "n_baseline": gp["n_baseline"], "n_candidate": gp["n_candidate"],
+                                 "method": gp["method"], "candidate_median": gp["candidate_goodput_rps"],
+                                 "baseline_median": gp["baseline_goodput_rps"]})
     note = None
     if not baseline:
         note = "the baseline on this backend has no latency record: no comparison"

@@ -160,6 +160,18 @@ def speedup_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def load_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every cell's load points (throughput and goodput), baselines included."""
+    from qeval.report.speed import load_label
+
+    return [{"cell": c, "p": p, "load": p.get("load") or load_label(p)}
+            for c in r["cells"] for p in ((c.get("latency") or {}).get("loads") or [])]
+
+
+def sweeps(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"cell": c, "s": c["latency"]["sweep"]} for c in r["cells"] if (c.get("latency") or {}).get("sweep")]
+
+
 def latency_notes(r: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"d": d, "note": d["latency"]["note"]} for d in r["decisions"] if d.get("latency") and d["latency"]["note"]]
 
