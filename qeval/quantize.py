@@ -188,7 +188,7 @@ def export_checkpoint(ctx: Any, precision: str, fmt: str = "modelopt") -> Path:
 
 def _export_compressed_tensors(ctx: Any, precision: str) -> Path:
     from qeval import export_ct
-    from qeval.backends.hf import default_device, load_hf_model, resolve_dtype
+    from qeval.backends.hf import default_device, load_hf_model
 
     key = _key(ctx, precision, CT_KIND)
 
@@ -200,8 +200,7 @@ def _export_compressed_tensors(ctx: Any, precision: str) -> Path:
         calibration = calibration_for(ctx, precision)
         passes = _quantize_in_place(model, precision, calibration)
         # Written in the baseline's dtype, like ModelOpt's export: the engine loads what a user would ship.
-        plain = load_hf_model(ctx.model_dir, resolve_dtype(ctx.suite.model.dtype), device="cpu",
-                              trust_remote_code=trust)
+        plain = load_hf_model(ctx.model_dir, ctx.suite.model.dtype, device="cpu", trust_remote_code=trust)
         info = export_ct.export(model, plain, folder, ctx.tokenizer, _forward_loop(calibration, [0]))
         return {"precision": precision, "calibration_passes": passes, "device": device,
                 "compute_dtype": ctx.compute.dtype, **info}
