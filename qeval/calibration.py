@@ -173,9 +173,16 @@ def definition_hash(name_or_path: str, eval_tasks: list[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def load_calibration(name_or_path: str, eval_tasks: list[str], tokenizer: Any) -> CalibrationSet:
-    """Load a set, refuse overlap with `eval_tasks`, and split it into calibration / held-out tokens."""
+def load_calibration(name_or_path: str, eval_tasks: list[str], tokenizer: Any,
+                     num_samples: int | None = None) -> CalibrationSet:
+    """Load a set, refuse overlap with `eval_tasks`, and split it into calibration / held-out tokens.
+
+    Args:
+        num_samples: calibration samples instead of the set's own number (a custom recipe's edit).
+    """
     spec, path = load_spec(name_or_path)
+    if num_samples is not None:
+        spec = spec.model_copy(update={"num_samples": num_samples})
     texts = _texts(spec, path, eval_tasks)
     rng = random.Random(spec.seed)
     order = list(range(len(texts)))

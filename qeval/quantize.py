@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 STATE_FILE = "modelopt_state.pt"
 
 
-def calibration_for(ctx: Any) -> CalibrationSet:
-    """The suite's calibration set (loaded once per run, overlap with eval tasks refused)."""
+def calibration_for(ctx: Any, precision: str | None = None) -> CalibrationSet:
+    """The calibration set of `precision`: the suite's (loaded once per run, overlap with eval tasks refused),
+    or the one a custom recipe names or resizes (qeval.recipes)."""
+    custom = precisions.get(precision).custom if precision is not None else None
+    if custom and (custom.get("calibration") or custom.get("calibration_samples")):
+        return _recipe_calibration(ctx, custom)
     cached = ctx.calibration
     if cached is None:
         from qeval.errors import QevalError
@@ -36,6 +40,21 @@ def calibration_for(ctx: Any) -> CalibrationSet:
         cached = load_calibration(ctx.suite.calibration, [t.name for t in ctx.suite.tasks], ctx.tokenizer)
         ctx.calibration = cached
     return cached
+
+
+def _recipe_calibration(ctx: Any, custom: Any) -> CalibrationSet:
+    from qeval.errors import QevalError
+
+    name = custom.get("calibration") or ctx.suite.calibration
+    if name is None:
+        raise QevalError("a custom recipe resizes the calibration set but the suite names none",
+                         field="calibration", fix="add e.g. `calibration: bigbench-mixed` to the suite")
+    cache = ctx.__dict__.setdefault("_recipe_calibrations", {})
+    key = (name, custom.get("calibration_samples"))
+    if key not in cache:
+        cache[key] = load_calibration(name, [t.name for t in ctx.suite.tasks], ctx.tokenizer,
+                                      num_samples=custom.get("calibration_samples"))
+    return cache[key]
 
 
 def _forward_loop(calibration: CalibrationSet, counter: list[int]):
@@ -61,21 +80,38 @@ def _quantize_in_place(model: torch.nn.Module, precision: str, calibration: Cali
     return counter[0]
 
 
+CT_KIND = "compressed-tensors-checkpoint"
+KINDS = {"modelopt": "modelopt-hf-checkpoint", "compressed-tensors": CT_KIND}
+
+
+def _recipe(precision: str, kind: str) -> Any:
+    """What the artifact is made from: the ModelOpt config, and for compressed-tensors the writer's version."""
+    cfg = precisions.modelopt_config(precision)
+    if kind != CT_KIND:
+        return cfg
+    from importlib import metadata
+
+    from qeval.export_ct import EXPORT_VERSION
+
+    return {"modelopt": cfg, "export": EXPORT_VERSION, "compressed-tensors": metadata.version("compressed-tensors")}
+
+
 def _key(ctx: Any, precision: str, kind: str) -> str:
     from qeval.assets.model import model_hash
 
     if ctx.model_hash is None:
         ctx.model_hash = model_hash(ctx.model_dir)
     return artifacts.artifact_key(kind=kind, model_hash=ctx.model_hash, precision=precision,
-                                  recipe=precisions.modelopt_config(precision),
-                                  calibration_hash=calibration_for(ctx).content_hash,
+                                  recipe=_recipe(precision, kind),
+                                  calibration_hash=calibration_for(ctx, precision).content_hash,
                                   versions=artifacts.tool_versions(), device=artifacts.device_class(),
                                   compute_dtype=ctx.compute.dtype)
 
 
 def artifact_key_for(ctx: Any, precision: str, kind: str) -> str:
-    """The artifact-cache key a cell of this run will build or reuse for `precision` (kind "modelopt-fakequant"
-    or "modelopt-hf-checkpoint"): named in the manifest before the cell runs (qeval.provenance)."""
+    """The artifact-cache key a cell of this run will build or reuse for `precision` (kind "modelopt-fakequant",
+    "modelopt-hf-checkpoint" or "compressed-tensors-checkpoint"): named in the manifest before the cell runs
+    (qeval.provenance)."""
     return _key(ctx, precision, kind)
 
 
@@ -93,7 +129,7 @@ def quantize_simulated(model: torch.nn.Module, precision: str, ctx: Any) -> tupl
     precisions.check_compatible(precision, model.config.to_dict())
     if next(model.parameters()).device.type == "cpu":
         nvfp4_cpu.install()
-    calibration = calibration_for(ctx)
+    calibration = calibration_for(ctx, precision)
     key = _key(ctx, precision, "modelopt-fakequant")
     info: dict[str, Any] = {}
 
@@ -115,14 +151,18 @@ def quantize_simulated(model: torch.nn.Module, precision: str, ctx: Any) -> tupl
     return model, {"key": key, "reused": not built, **artifacts.read_manifest(folder)["info"], **info}
 
 
-def export_checkpoint(ctx: Any, precision: str) -> Path:
-    """ModelOpt's unified HF checkpoint of `precision` (for vLLM and TensorRT-LLM), cached."""
+def export_checkpoint(ctx: Any, precision: str, fmt: str = "modelopt") -> Path:
+    """A checkpoint of `precision` for the engines, cached: ModelOpt's unified HF export (fmt "modelopt", for
+    vLLM's ModelOpt loader and TensorRT-LLM) or the same calibration as compressed-tensors INT8 W8A8 (fmt
+    "compressed-tensors", qeval.export_ct: vLLM's INT8 path)."""
     from modelopt.torch.export import export_hf_checkpoint
 
     from qeval.backends.hf import load_hf_model
 
     if precisions.get(precision).is_baseline:
         return Path(ctx.model_dir)
+    if fmt == "compressed-tensors":
+        return _export_compressed_tensors(ctx, precision)
     key = _key(ctx, precision, "modelopt-hf-checkpoint")
 
     def build(folder: Path) -> dict[str, Any]:
@@ -136,11 +176,34 @@ def export_checkpoint(ctx: Any, precision: str) -> Path:
         model = load_hf_model(ctx.model_dir, ctx.compute.dtype, device=device,
                               trust_remote_code=ctx.suite.model.trust_remote_code)
         precisions.check_compatible(precision, model.config.to_dict())
-        passes = _quantize_in_place(model, precision, calibration_for(ctx))
+        passes = _quantize_in_place(model, precision, calibration_for(ctx, precision))
         export_hf_checkpoint(model, dtype=resolve_dtype(ctx.suite.model.dtype), export_dir=folder)
         ctx.tokenizer.save_pretrained(folder)
         return {"precision": precision, "calibration_passes": passes, "device": device,
                 "compute_dtype": ctx.compute.dtype}
 
     folder, _ = artifacts.get_or_build(key, build, label=f"{precision} checkpoint")
+    return folder
+
+
+def _export_compressed_tensors(ctx: Any, precision: str) -> Path:
+    from qeval import export_ct
+    from qeval.backends.hf import default_device, load_hf_model
+
+    key = _key(ctx, precision, CT_KIND)
+
+    def build(folder: Path) -> dict[str, Any]:
+        device = default_device()
+        trust = ctx.suite.model.trust_remote_code
+        model = load_hf_model(ctx.model_dir, ctx.compute.dtype, device=device, trust_remote_code=trust)
+        precisions.check_compatible(precision, model.config.to_dict())
+        calibration = calibration_for(ctx, precision)
+        passes = _quantize_in_place(model, precision, calibration)
+        # Written in the baseline's dtype, like ModelOpt's export: the engine loads what a user would ship.
+        plain = load_hf_model(ctx.model_dir, ctx.suite.model.dtype, device="cpu", trust_remote_code=trust)
+        info = export_ct.export(model, plain, folder, ctx.tokenizer, _forward_loop(calibration, [0]))
+        return {"precision": precision, "calibration_passes": passes, "device": device,
+                "compute_dtype": ctx.compute.dtype, **info}
+
+    folder, _ = artifacts.get_or_build(key, build, label=f"{precision} compressed-tensors checkpoint")
     return folder

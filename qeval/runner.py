@@ -116,12 +116,13 @@ class Context:
             self._compute = compute.choose(self.suite.model.compute_dtype, self.suite.model.dtype)
         return self._compute
 
-    def checkpoint_for(self, precision: str) -> Path:
-        """The ModelOpt-exported HF checkpoint of a precision (built once, then from the artifact cache):
-        the same artifact feeds vLLM and TensorRT-LLM."""
+    def checkpoint_for(self, precision: str, fmt: str = "modelopt") -> Path:
+        """The exported checkpoint of a precision (built once, then from the artifact cache): ModelOpt's HF
+        export feeds TensorRT-LLM and vLLM's ModelOpt loader; fmt "compressed-tensors" is the same
+        calibration in vLLM's INT8 W8A8 format (qeval.export_ct)."""
         from qeval.quantize import export_checkpoint
 
-        return export_checkpoint(self, precision)
+        return export_checkpoint(self, precision, fmt)
 
 
 def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
@@ -138,6 +139,10 @@ def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
     else:
         src = Path(suite.model.source)
         model_dir = src if src.is_absolute() else (suite_path.parent / src).resolve()
+    from qeval.recipes import check_against_model
+
+    # A recipe's own fields first: the message names the edit (recipes[i]...), not the candidate using it.
+    check_against_model(suite.recipes, model_dir, str(suite_path), suite.model.trust_remote_code)
     check_quantization_inputs(suite, suite_path, model_dir)
     task_manager = bigbench.suite_task_manager(suite, suite_path)
     for i, task in enumerate(suite.tasks):

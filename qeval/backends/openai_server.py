@@ -151,17 +151,18 @@ class OpenAIServerBackend:
                                     fix="install vLLM (`make install` on CPU), or give the precision an endpoint "
                                         "under server.endpoints", probe={"import vllm": "not found"})
         path, load, note = vllm_load_plan(ctx, cell, engine="`vllm serve`")
+        dtype = load.pop("dtype", ctx.compute.dtype)  # a checkpoint whose CPU kernels need one dtype says so
         extra = [*vllm_serve_args(load), *spec.extra_args]
         if "--max-logprobs" not in extra:  # the server must accept the divergence's top-k
             extra += ["--max-logprobs", str(top_k)]
-        server = start_vllm_server(path, port=spec.port, served_model_name=SERVED_NAME, dtype=ctx.compute.dtype,
+        server = start_vllm_server(path, port=spec.port, served_model_name=SERVED_NAME, dtype=dtype,
                                    max_model_len=suite.model.max_length, seed=suite.seeds.sampling,
                                    extra_args=extra, timeout_s=spec.startup_timeout_s,
                                    log_dir=ctx.store.root / "servers")
         kernels = "real" if entry.is_baseline else precisions.kernel_kind(entry, "vllm", precisions.current_arch())
         return cls(server.base_url, model=SERVED_NAME, precision=cell.precision, server=server,
                    max_length=suite.model.max_length, request_timeout_s=spec.request_timeout_s,
-                   seed=suite.seeds.sampling, kernels=kernels, note=note, compute_dtype=ctx.compute.dtype,
+                   seed=suite.seeds.sampling, kernels=kernels, note=note, compute_dtype=dtype,
                    top_k=top_k, vocab_size=vocab)
 
     def close(self) -> None:

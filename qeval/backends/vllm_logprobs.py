@@ -84,6 +84,30 @@ class QevalWorkerExtension:
         sampler.gather_logprobs = gather_logprobs
         return "applied"
 
+    def qeval_linear_kernels(self) -> dict[str, int]:
+        """The GEMM kernel of every quantized linear layer this worker loaded: "<scheme> -> <kernel>[.<path>]"
+        -> layer count (read from the layers themselves, not from the configuration asked for)."""
+        runner = getattr(self, "model_runner", None)
+        model = getattr(runner, "model", None)
+        if model is None:
+            return {}
+        found: dict[str, int] = {}
+        for _, module in model.named_modules():
+            method = getattr(module, "quant_method", None)
+            scheme = getattr(module, "scheme", None) or getattr(method, "scheme", None)
+            kernel = getattr(scheme, "kernel", None) or getattr(method, "kernel", None)
+            if kernel is None:
+                continue
+            path = getattr(getattr(kernel, "linear_method", None), "__name__", "")
+            static = getattr(getattr(kernel, "config", None), "is_static_input_scheme", None)
+            label = f"{type(scheme or method).__name__} -> {type(kernel).__name__}"
+            label += f".{path.lstrip('_')}" if path else ""
+            if path == "_apply_weights_sgl":  # int8_scaled_mm_with_quant quantizes its input itself, per token
+                static = False
+            label += "" if static is None else (" (static input scale)" if static else " (dynamic input scale)")
+            found[label] = found.get(label, 0) + 1
+        return found
+
 
 _lock = threading.Lock()
 _active = 0
