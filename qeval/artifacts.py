@@ -100,11 +100,11 @@ def get_or_build(key: str, build: Callable[[Path], dict[str, Any]], *, label: st
     """
     if not _KEY.fullmatch(key):  # the key names a folder of the cache: only a sha256 may
         raise ValueError(f"artifact key {key!r} is not a sha256 hex digest")
-    return get_or_build_at(cache_subdir("artifacts"), key, build, label=label)
+    return get_or_build_at(cache_subdir("artifacts"), key, build, label=label, what="artifact")
 
 
 def get_or_build_at(root: Path, relpath: str, build: Callable[[Path], dict[str, Any]], *,
-                    label: str) -> tuple[Path, bool]:
+                    label: str, what: str = "entry") -> tuple[Path, bool]:
     """`get_or_build` for a cache of its own (TensorRT-LLM engines): `root/relpath`, the same guarantees.
 
     Built in a temp folder beside the target and renamed into place under a file lock; every file's
@@ -116,9 +116,9 @@ def get_or_build_at(root: Path, relpath: str, build: Callable[[Path], dict[str, 
         if folder.exists():
             problem = verify(folder)
             if problem is None:
-                log.info("%s: %s reused from the cache", label, folder.name[:12])
+                log.info("%s: %s %s reused from the cache", label, what, folder.name[:12])
                 return folder, False
-            log.warning("%s: cached %s is corrupt (%s); rebuilding it", label, folder.name[:12], problem)
+            log.warning("%s: cached %s %s is corrupt (%s); rebuilding it", label, what, folder.name[:12], problem)
             shutil.rmtree(folder)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name[:12]}-") as tmp:

@@ -426,7 +426,7 @@ class TRTLLMBackend:
         _, self.built_now = get_or_build_at(
             Path(cache_root), self.cache_key, lambda work: self._build_and_save(LLM, work, prequantized, calibration,
                                                                                 extra, build_id),
-            label=f"TensorRT-LLM engine ({self.precision.name})")
+            label=f"TensorRT-LLM ({self.precision.name})", what="engine")
         # Always run from the saved engine: what runs is what the cache holds.
         self.llm = LLM(model=str(self.engine_dir), tokenizer=str(self.tokenizer_dir), **extra)
         self.tokenizer = self.llm.tokenizer
