@@ -76,24 +76,24 @@ def _ordered(records: list[dict]) -> dict[Any, dict]:
 def task_evidence(store: RunStore, suite: Suite, cell: Cell, task: Any, progress: dict | None,
                   in_progress: bool = False) -> Evidence | None:
     """One task's paired evidence (or the error that prevents pairing); None where nothing was evaluated yet."""
-    baseline = Cell(suite.baseline, cell.backend, True)
-    base = _ordered(store.read_samples(baseline.id, task.name))
+    info = ((progress or {}).get("tasks") or {}).get(task.name) or {}
+    state = info.get("progress") or {}
     cand = _ordered(store.read_samples(cell.id, task.name))
-    common = [d for d in cand if d in base]
-    state = ((((progress or {}).get("tasks") or {}).get(task.name) or {}).get("progress") or {})
     if not cand and state.get("state") == "stopped" and not state.get("looks_done"):
         return NotEvaluated(cell.precision, cell.backend, task.name,
                             "another rule of the cell had already FAILed (its divergence, measured before any "
                             "task), so the run spent no documents on it")
     if not cand and in_progress:
         return None  # the runner's consult before the task's first look
+    baseline = Cell(suite.baseline, cell.backend, True)
+    base = _ordered(store.read_samples(baseline.id, task.name))
+    common = [d for d in cand if d in base]
     if not common:
         return ErrorEvidence(cell.precision, cell.backend, f"{task.name}: no samples to pair with the baseline")
     mismatched = [d for d in common if base[d]["prompt_hash"] != cand[d]["prompt_hash"]]
     if mismatched:
         return ErrorEvidence(cell.precision, cell.backend, f"{task.name}: {len(mismatched)} prompts differ from "
                                                            f"the baseline's (e.g. doc_id {mismatched[0]})")
-    info = ((progress or {}).get("tasks") or {}).get(task.name) or {}
     sem = MetricSemantics.from_record(info["semantics"]) if info.get("semantics") else None
     b_scores = [float(base[d]["score"]) for d in common]
     c_scores = [float(cand[d]["score"]) for d in common]
