@@ -284,12 +284,60 @@ def find_task_pack() -> Path | None:
     py = venv_python()
     if py is None:
         return None
-    code = ("from qeval.paths import cache_subdir; from qeval.assets import bigbench as b; "
-            "p = cache_subdir('tasks') / f'bigbench-mc-v{b.PACK_VERSION}'; "
+    code = ("from qeval.assets import bigbench as b; p = b.pack_dir(); "
             "print(p if (p / b.DONE).exists() else '')")
     proc = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=REPO)
     out = proc.stdout.strip()
     return Path(out) if proc.returncode == 0 and out else None
+
+
+def suite_task_names(suites: list[Path]) -> set[str]:
+    """Task names the device suites evaluate (the pack is 1.5 GB; these few tasks are what travels)."""
+    import yaml  # the repo's .venv has it; the system python3 often too
+
+    names: set[str] = set()
+    for path in suites:
+        suite = yaml.safe_load(path.read_text()) or {}
+        for task in suite.get("tasks") or []:
+            names.add(task["name"] if isinstance(task, dict) else str(task))
+        # the calibration set reads BIG-bench tasks of its own (qeval/calibration_sets/NAME.yaml)
+        calib = REPO / "qeval" / "calibration_sets" / f"{suite.get('calibration') or ''}.yaml"
+        if suite.get("calibration") and calib.is_file():
+            source = (yaml.safe_load(calib.read_text()) or {}).get("source") or {}
+            if source.get("kind") == "bigbench":
+                names.update(source.get("tasks") or [])
+    return names
+
+
+def copy_pack_subset(pack: Path, dst: Path, names: set[str]) -> list[str]:
+    """Copy only `names` (a parent task brings its subtasks) with an index that lists just them."""
+    index = json.loads((pack / "pack.json").read_text())
+    tasks = index["tasks"]
+    missing = sorted(n for n in names if n not in tasks)
+    if missing:
+        sys.exit(f"device suites name tasks the pack {pack} lacks: {', '.join(missing)}")
+    keep: dict[str, dict] = {}
+    for name in sorted(names):
+        keep[name] = tasks[name]
+        parent_folder = tasks[name]["folder"]
+        for sub in tasks[name].get("subtasks") or []:
+            for other, rec in tasks.items():
+                if rec["folder"] == f"{parent_folder}/{sub}":
+                    keep[other] = rec
+    folders = {rec["folder"] for rec in keep.values()}
+    for folder in sorted(folders):
+        src = pack / folder
+        for f in sorted(src.iterdir()):  # the task's own files; subtask folders come by their own name
+            if f.is_file():
+                out = dst / folder / f.name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if f.suffix in ASSET_XZ and f.stat().st_size > 64 * 1024:
+                    xz_cached(f, Path(str(out) + ".xz"))
+                else:
+                    shutil.copy2(f, out)
+    subset = dict(index, tasks=keep, subset_of={"tasks": len(tasks), "why": "only the tasks suites/gpu/*.yaml name"})
+    (dst / "pack.json").write_text(json.dumps(subset, indent=1))
+    return sorted(keep)
 
 
 def sha256(path: Path) -> str:
@@ -393,9 +441,10 @@ def main() -> None:
         if pack is None:
             log("  task pack: not in the qeval cache (run `qeval fetch` first); not bundled")
         else:
-            log("  task pack", pack)
-            copy_asset(pack, BUNDLE / "qeval-cache" / "tasks" / pack.name)
-            assets["tasks"] = {"name": pack.name, "path_here": str(pack),
+            names = suite_task_names(sorted((REPO / "suites" / "gpu").glob("*.yaml")))
+            kept = copy_pack_subset(pack, BUNDLE / "qeval-cache" / "tasks" / pack.name, names)
+            log(f"  task pack {pack}: {len(kept)} tasks of suites/gpu/*.yaml ({', '.join(kept)})")
+            assets["tasks"] = {"name": pack.name, "path_here": str(pack), "tasks": kept,
                                "yaml_data_prefix_here": str(pack)}
     for name in ["torch_ext.tgz", "jit_cache.tgz"]:
         # ModelOpt's nvcc-built CUDA extensions and the Triton/FlashInfer/vLLM JIT

@@ -120,7 +120,7 @@ if tasks:
     pack = pathlib.Path(sys.argv[2]) / "tasks" / tasks["name"]
     old = tasks["yaml_data_prefix_here"]
     n = 0
-    for y in pack.glob("*/*.yaml"):
+    for y in pack.rglob("*.yaml"):
         text = y.read_text()
         if old in text:
             y.write_text(text.replace(old, str(pack)))
