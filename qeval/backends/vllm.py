@@ -118,16 +118,20 @@ def vllm_load_plan(ctx: Any, cell: Any, engine: str = "vllm") -> tuple[Path, dic
     return Path(ctx.checkpoint_for(cell.precision, fmt)), kwargs, note
 
 
-def _free_gpu_fraction(cap: float = 0.9, headroom: float = 0.05) -> float:
-    """vLLM's memory share: what is free now, less some room, at most vLLM's default of 0.9.
+def _free_gpu_fraction(cap: float = 0.9, share: float = 0.45, floor: float = 0.05) -> float:
+    """vLLM's memory share (of the whole GPU): a part of what is free now, at most vLLM's default of 0.9.
 
-    vLLM refuses to start when its share exceeds the free memory, and qeval keeps the
-    HF reference model (for divergence) on the same GPU.
+    vLLM refuses to start when its share exceeds the free memory, and an engine takes its whole
+    share for the KV cache at once. qeval keeps the HF reference model (for divergence) on the same
+    GPU, and in adaptive sampling the baseline's engine stays open while each candidate's engine
+    runs (the baseline is extended on demand): so an engine takes `share` of the free memory, never
+    all of it, and the next one still fits (on an H200, 2026-12-03: a baseline at 0.9 left 10 GiB
+    and every candidate engine failed to start).
     """
     import torch
 
     free, total = torch.cuda.mem_get_info()
-    return round(max(0.1, min(cap, free / total - headroom)), 3)
+    return round(max(floor, min(cap, share * free / total)), 3)
 
 
 def _groups(sequences: Any, batch_size: int | None) -> list[list[tuple[int, ...]]]:
