@@ -107,7 +107,7 @@ def flip_message(cell: str, out: FlipOutcome | None, policy: GatePolicy) -> str:
     if out is None:
         return (f"{cell}: INCONCLUSIVE — max flip rate {policy.max_flip_rate:.1%} is set but no 0/1-scored task was "
                 "run, so flips cannot be counted.")
-    interval = "anytime-valid confidence sequence" if out.method.startswith("betting") else \
+    interval = "per-task anytime-valid confidence sequences, combined" if out.method.startswith("betting") else \
         f"one-sided Wilson bounds at level {out.level:.3g} / {policy.alpha:g}"
     evidence = (f"flip rate {out.rate:.2%} [{out.lo:.2%}, {out.hi:.2%}] ({interval}; {out.flips} of {out.n} "
                 f"answers over {out.tasks}), max {policy.max_flip_rate:.2%}")
