@@ -567,16 +567,19 @@ def load_suite(arg: str | Path | None = None) -> tuple[Suite, Path]:
 
 def _warn_unreachable_slos(suite: Suite, path: Path) -> None:
     """Say at load time, not after the run, when an SLO rule can never PASS for want of requests."""
+    from qeval.gate import Family
     from qeval.stats import samples_for_upper_bound
 
-    if not suite.latency.enabled:
+    if not suite.latency.enabled or not suite.gate.latency:
         return
+    # Each cell's rules run at the family's per-cell level (e.g. alpha / cells under Bonferroni), not alpha.
+    level = Family.planned(suite).fixed_level()
     for slo in suite.gate.latency:
-        needed = samples_for_upper_bound(slo.percentile, suite.gate.alpha)
+        needed = samples_for_upper_bound(slo.percentile, level)
         if slo.metric != "itl" and suite.latency.num_requests < needed:
-            log.warning("%s: latency.num_requests is %d, but bounding a p%g from above at alpha %g takes at least "
-                        "%d requests: rule %s can only be INCONCLUSIVE. Set latency.num_requests >= %d.",
-                        path, suite.latency.num_requests, slo.percentile, suite.gate.alpha, needed, slo.rule_id,
+            log.warning("%s: latency.num_requests is %d, but bounding a p%g from above at the cell's level %.3g "
+                        "takes at least %d requests: rule %s can only be INCONCLUSIVE. Set latency.num_requests "
+                        ">= %d.", path, suite.latency.num_requests, slo.percentile, level, needed, slo.rule_id,
                         needed)
 
 
