@@ -18,9 +18,11 @@ from a server) lives under "lower_bound_only", not at its usual key (see qeval.d
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from qeval import divergence
@@ -95,6 +97,38 @@ def _reference(ctx: Any, backend: str, section: str, seqs: Sequence[Sequence[int
         return (f"the reference of {cell_id} for the {SECTIONS[section]} was computed on other tokens "
                 "(suite or tokenizer changed)")
     return ref
+
+
+def waiting_for_reference(ctx: Any, cells: Sequence[Any], backend: str) -> list[str]:
+    """Candidate cells on `backend` that lack a divergence record and may still compute one (not run yet,
+    or ERROR: a resume retries it); NOT RUN cells never will."""
+    return [c.id for c in cells if c.backend == backend and not c.is_baseline
+            and (ctx.store.read_status(c.id) or {}).get("state") != "not_run"
+            and not ctx.store.read_json(c.id, "divergence.json")]
+
+
+def missing_references(cell_dir: Path) -> list[str]:
+    """Sections a finished baseline recorded but whose stored distributions are gone or incomplete.
+
+    A run directory copied without its large arrays (a device's state packed for the next machine, an
+    archive that leaves big files out) keeps the baseline's status "ok" and loses what every candidate
+    is compared with: resuming must recompute the baseline, not reuse it.
+    """
+    record_path = cell_dir / "divergence.json"
+    if not record_path.is_file():
+        return []
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    missing = []
+    for name in (record.get("reference") or {}):
+        folder = section_dir(cell_dir, name)
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            missing.append(name)
+            continue
+        if any(not (folder / f"{array}.npy").is_file() for array in meta.get("arrays", [])):
+            missing.append(name)
+    return missing
 
 
 def run(ctx: Any, cell: Any, backend: Any) -> dict[str, Any]:
@@ -215,10 +249,7 @@ def prune_references(ctx: Any, cells: Sequence[Any]) -> list[str]:
         folder = ctx.store.cell_dir(base_id) / "reference"
         if not folder.is_dir():
             continue
-        pending = [c.id for c in cells if c.backend == backend and not c.is_baseline
-                   and (ctx.store.read_status(c.id) or {}).get("state") != "not_run"
-                   and not ctx.store.read_json(c.id, "divergence.json")]
-        if pending:
+        if waiting_for_reference(ctx, cells, backend):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         pruned.append(base_id)

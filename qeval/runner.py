@@ -368,7 +368,20 @@ def check_design(store: RunStore, design: dict[str, Any]) -> None:
 
 def cell_done(ctx: Context, cell: Cell) -> bool:
     status = ctx.store.read_status(cell.id)
-    return bool(status and status.get("state") == "ok")
+    if not (status and status.get("state") == "ok"):
+        return False
+    if cell.is_baseline and ctx.suite.divergence.enabled:
+        from qeval.engine_divergence import missing_references, waiting_for_reference
+
+        # Deleted on purpose once every candidate has its divergence (prune_references); lost otherwise.
+        missing = missing_references(ctx.store.cell_dir(cell.id))
+        waiting = waiting_for_reference(ctx, plan(ctx.suite), cell.backend) if missing else []
+        if waiting:
+            log.warning("%s: finished, but its reference distributions (%s) are missing from %s and %s still "
+                        "need them: the cell runs again", cell.id, ", ".join(missing), ctx.store.cell_dir(cell.id),
+                        ", ".join(waiting))
+            return False
+    return True
 
 
 def run_cell(ctx: Context, cell: Cell) -> None:
@@ -462,8 +475,9 @@ def run_divergence(ctx: Context, cell: Cell, backend: Any) -> None:
     reference distributions and measures the engine's noise floor; a candidate is compared with them."""
     from qeval import engine_divergence
 
-    if ctx.store.read_json(cell.id, "divergence.json"):
-        return
+    if ctx.store.read_json(cell.id, "divergence.json") and not (
+            cell.is_baseline and engine_divergence.missing_references(ctx.store.cell_dir(cell.id))):
+        return  # done (a baseline whose references were lost computes them again: cell_done)
     record = engine_divergence.run(ctx, cell, backend)
     if "unavailable" in record:
         log.warning("%s: no divergence: %s", cell.id, record["unavailable"])

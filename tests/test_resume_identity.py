@@ -168,3 +168,25 @@ def test_records_from_another_artifact_are_an_error_in_the_report(small_run_copy
     [rule] = [r for r in decision["rules"] if r["kind"] == "error"]
     assert "come from artifact ffffffffffff" in rule["message"]
     assert str(TASK_FILE) in rule["message"] and "not produced by this run's artifact" in rule["message"]
+
+
+def test_a_resume_recomputes_a_baseline_whose_reference_distributions_were_lost(
+        small_run_copy: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    # On the H200 (2026-12-03) a run directory moved to the next machine without its big arrays kept the
+    # baseline "ok" without references while the candidates' engines had crashed: on resume every candidate
+    # ran again and found nothing to compare with. Here: the candidate crashed before its divergence (its
+    # record removed, its status ERROR) and the baseline's references are gone (the small run pruned them).
+    from qeval.engine_divergence import missing_references
+
+    baseline, candidate = small_run_copy / "cells" / "bf16-hf", small_run_copy / "cells" / "int8_wo-hf"
+    assert missing_references(baseline)  # pruned at the end of the run: every candidate had its divergence
+    (candidate / "divergence.json").unlink()
+    (candidate / "status.json").write_text(json.dumps({"state": "error", "cause": "RuntimeError: engine died"}))
+    rc = main(["run", "--resume", str(small_run_copy)])
+    out = capsys.readouterr()
+    assert rc in (0, 1), out.err
+    said = out.out + out.err + caplog.text  # the CLI's own log handler writes to stderr
+    assert "bf16-hf: finished, but its reference distributions" in said and "int8_wo-hf still need" in said
+    record = json.loads((candidate / "divergence.json").read_text())
+    assert json.loads((candidate / "status.json").read_text())["state"] == "ok"
+    assert "unavailable" not in record and record.get("heldout")
