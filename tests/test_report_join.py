@@ -20,7 +20,7 @@ from qeval.cli import main
 from qeval.errors import QevalError
 from qeval.manifest import build_manifest
 from qeval.report import same_results, write_reports
-from qeval.report.join import JOIN_FILE, _recipe_problem, build_join
+from qeval.report.join import JOIN_FILE, _recipe_problem, axis_source, build_join
 from qeval.report.results import build_results
 from qeval.speed_only import LABEL, ROUTES
 from qeval.store import RunStore, write_json_atomic
@@ -119,6 +119,7 @@ def test_each_point_takes_speed_from_the_speed_run_and_quality_from_the_quality_
                                            q_cells[cell]["divergence"]["heldout"]["kld_mean_ci"])
         assert p["speed_verdict"] == next(d for d in s["decisions"] if d["cell_id"] == cell)["verdict"]
         assert p["speed_how"] == ROUTES[p["candidate"]].how and p["speed_label"] == LABEL
+        assert p["quality_how"] == f"{qd['label']}: {q_cells[cell]['description']}"
         assert [b["load"] for b in p["speedups_by_load"]] == ["concurrency 1", "concurrency 16"]
         assert p["speedup_ci"][0] <= p["speedup"] <= p["speedup_ci"][1]
     # The speed-up is the speed run's (fp8 at 1.4x there), not the quality run's own latency (1.55x planted).
@@ -137,8 +138,10 @@ def test_each_axis_names_its_run_model_weights_and_hardware(joined: dict) -> Non
     assert j["axes"]["quality"] == f"quality run {quality_id}: smollm2-135m-instruct, real weights, {GPU}"
     assert (j["speed"]["weights"], j["quality"]["weights"]) == ("synthetic", "real")
     assert j["same_hardware"] and j["hardware_note"] == f"Same hardware: {GPU}"
-    for axis in j["axes"].values():  # in the plot's axis labels, and in the page
-        assert axis in joined["html"]
+    for side in ("speed", "quality"):  # in the plot's axis labels, two short lines
+        first, second = axis_source(j, side).split("\n")
+        at = " at concurrency 16" if side == "speed" else ""
+        assert first == f"{side} run {j[side]['run_id']}{at}" and first in joined["html"] and second in joined["html"]
     assert j["axes"]["speed"] in joined["md"] and j["axes"]["quality"] in joined["md"]
 
 
@@ -189,9 +192,10 @@ def test_the_plots_draw_the_joined_view_with_its_sources(joined: dict, tmp_path:
     plots = tmp_path / "plots"
     assert main(["report", str(speed), "--quality-from", str(joined["quality"]), "--plots", str(plots)]) == 3
     svg = (plots / "quality_vs_speed.svg").read_text()
-    axes = joined["join"]["join"]["axes"]
+    j = joined["join"]["join"]
     assert "fp8 (vllm)" in svg and "nvfp4 (vllm)" in svg and "int4_awq" not in svg
-    assert axes["speed"] in svg and axes["quality"] in svg
+    for side in ("speed", "quality"):
+        assert all(line in svg for line in axis_source(j, side).split("\n"))
 
 
 def test_different_hardware_is_shown(tmp_path: Path, joined: dict) -> None:

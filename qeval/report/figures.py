@@ -124,7 +124,12 @@ def quality_vs_speed(results: dict[str, Any], out_dir: Path, done: Figures) -> N
     if par.get("note") or not points:
         done.skipped["quality_vs_speed"] = par.get("note") or "no candidate has both latency and an accuracy delta"
         return
-    fig = Figure(figsize=(5.5, 4.0), layout="constrained")
+    sources = None
+    if par.get("join"):  # a joined view (qeval.report.join): where each axis comes from
+        from qeval.report.join import axis_source
+
+        sources = {side: axis_source(par["join"], side) for side in ("speed", "quality")}
+    fig = Figure(figsize=(6.5, 5.0) if sources else (5.5, 4.0), layout="constrained")
     ax = fig.add_subplot()
     for p in points:
         ax.errorbar([p["speedup"]], [p["delta_pts"]], xerr=_err(*(p.get("speedup_ci") or (None, None)), p["speedup"]),
@@ -135,7 +140,6 @@ def quality_vs_speed(results: dict[str, Any], out_dir: Path, done: Figures) -> N
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.axvline(1.0, color="#8c959f", lw=0.6)
     ax.axhline(0.0, color="#8c959f", lw=0.6)
-    sources = (par.get("join") or {}).get("axes")  # a joined view (qeval.report.join): where each axis comes from
     ax.set_xlabel(_plain(f"speed-up: {par.get('speed_label', 'latency')}, ratio of medians (95% CI)"
                          + (f"\n{sources['speed']}" if sources else "")))
     ax.set_ylabel(_plain("pooled paired accuracy delta, points (95% CI)"

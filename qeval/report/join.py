@@ -36,6 +36,13 @@ CAVEAT = ("Speed and quality come from different runs and are paired by precisio
           "run's model's, not the speed run's")
 
 
+def axis_source(join: dict[str, Any], side: str) -> str:
+    """Where one axis of a joined plot comes from, in two short lines (side: "speed" or "quality")."""
+    f = join[side]
+    at = f" at {', '.join(join['loads'])}" if side == "speed" and join.get("loads") else ""
+    return f"{side} run {f['run_id']}{at}\n{f['model']}, {f['weights']} weights, {f['hardware']}"
+
+
 def check_run_dir(path: Path, field: str) -> Path:
     if not (path / "manifest.json").is_file():
         raise QevalError(f"{path} is not a qeval run directory (no manifest.json)", field=field,
@@ -103,6 +110,15 @@ def _recipe_problem(speed: dict[str, Any], quality: dict[str, Any], precision: s
 def _speed_how(speed: dict[str, Any], precision: str) -> str | None:
     route = ((speed["manifest"].get("speed_only") or {}).get("routes") or {}).get(precision) or {}
     return route.get("how")
+
+
+def _quality_how(quality: dict[str, Any], cell_id: str, precision: str, backend: str) -> str:
+    """How the quality run built a cell: its label, and vLLM's online quantization or the precision's recipe."""
+    cell = next((c for c in quality["cells"] if c["id"] == cell_id), None) or {}
+    online = backend == "vllm" and precision in (quality["suite"].get("vllm_online") or [])
+    how = (f"vLLM online quantization of the real bf16 weights (suite vllm_online; {precision})" if online
+           else cell.get("description") or precision)
+    return f"{cell.get('label') or 'unknown'}: {how}"
 
 
 def _by_load(decision: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -192,7 +208,8 @@ def build_join(speed: dict[str, Any], quality: dict[str, Any], speed_dir: Path, 
             "delta_pts": pooled.get("estimate_pts"), "delta_ci_pts": pooled.get("ci_pts"), "pooled_n": pooled.get("n"),
             "kld": heldout.get("kld_mean"), "kld_ci": heldout.get("kld_mean_ci"),
             "speed_cell_id": sd["cell_id"], "quality_cell_id": qd["cell_id"], "speed_verdict": sd["verdict"],
-            "speed_label": sd["label"], "speed_how": _speed_how(speed, cand), "quality_summary": qd["summary"],
+            "speed_label": sd["label"], "speed_how": _speed_how(speed, cand),
+            "quality_how": _quality_how(quality, qd["cell_id"], cand, be), "quality_summary": qd["summary"],
             "speedups_by_load": _by_load(sd)})
     if not points:
         listed = "; ".join(f"{u['candidate']} on {u['backend']}: {u['reason']}" for u in unmatched) or "no candidates"
@@ -206,7 +223,7 @@ def build_join(speed: dict[str, Any], quality: dict[str, Any], speed_dir: Path, 
                        "verdict": "BASELINE", "label": "baseline", "load": None, "speedup": 1.0, "speedup_ci": None,
                        "delta_pts": 0.0, "delta_ci_pts": None, "pooled_n": None, "kld": 0.0, "kld_ci": None,
                        "speed_cell_id": f"{sf['baseline']}-{be}", "quality_cell_id": f"{qf['baseline']}-{be}",
-                       "speed_verdict": "BASELINE", "speed_label": "baseline", "speed_how": None,
+                       "speed_verdict": "BASELINE", "speed_label": "baseline", "speed_how": None, "quality_how": None,
                        "quality_summary": None, "speedups_by_load": []})
     mark_fronts(points)
     same_hw = (sf["gpus"], sf["processor"]) == (qf["gpus"], qf["processor"])
