@@ -127,15 +127,16 @@ def parse_allow_changed(values: list[str] | None) -> list[str]:
     return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
 
 
-def finish(run_dir: Path) -> int:
-    """Gate and report a run directory; the exit code follows the decisions."""
+def finish(run_dir: Path, quality_from: Path | None = None) -> int:
+    """Gate and report a run directory; the exit code follows the decisions (this run's own: a join with
+    `quality_from` changes no verdict)."""
     import time
 
     from qeval.report import write_reports
     from qeval.timings import record_step, summary_lines
 
     t0 = time.perf_counter()
-    outcome = write_reports(run_dir)
+    outcome = write_reports(run_dir, quality_from=quality_from)
     record_step(run_dir, "report", time.perf_counter() - t0)
     print("time per step:\n  " + "\n  ".join(summary_lines(run_dir)))
     print(outcome.summary)
@@ -146,13 +147,17 @@ def finish(run_dir: Path) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     run_dir = _run_dir_arg(args.run_dir)
-    code = finish(run_dir)
+    quality_from = Path(args.quality_from) if args.quality_from is not None else None
+    code = finish(run_dir, quality_from)
     if args.plots is not None:
         import json
 
         from qeval.report.figures import write_figures
+        from qeval.report.join import JOIN_FILE
 
         results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        if quality_from is not None:
+            results["pareto"] = json.loads((run_dir / JOIN_FILE).read_text(encoding="utf-8"))
         done = write_figures(results, Path(args.plots))
         print("plots: " + ", ".join(str(p) for p in done.written))
         for name, why in done.skipped.items():
@@ -290,8 +295,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_suite_flags(run)
     run.set_defaults(func=cmd_run)
 
-    report = sub.add_parser("report", help="gate a run directory and write its reports")
-    report.add_argument("run_dir")
+    report = sub.add_parser(
+        "report", help="gate a run directory and write its reports",
+        description="Gate RUN_DIR as it stands and rewrite its reports (results.json, report.md, junit.xml, "
+                    "report.html).",
+        epilog="Joining a speed-only run with a quality run: a speed-only run (model.speed_only: a published "
+               "architecture's shape, synthetic weights) has speed-ups and no quality; a run on real weights has "
+               "quality and, on a small model, speed that says little. `qeval report SPEED_RUN --quality-from "
+               "QUALITY_RUN` plots, per precision and engine (same precision name on the same backend, e.g. fp8 on "
+               "vllm), SPEED_RUN's speed-up with its CI against QUALITY_RUN's pooled paired delta, mean KL and "
+               "verdict, each axis labelled with its run, model, real or synthetic weights and hardware; "
+               "precisions in only one run are listed as not joined, with the reason. No verdict changes: "
+               "results.json and junit.xml stay SPEED_RUN's own, the join goes to SPEED_RUN/quality-join.json and "
+               "is shown in report.html and report.md; nothing is written into QUALITY_RUN. Exit 2 where a "
+               "directory is not a run, QUALITY_RUN has synthetic weights, the baselines differ or nothing joins. "
+               "A later `qeval report SPEED_RUN` without --quality-from removes quality-join.json.")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--quality-from", metavar="QUALITY_RUN", default=None,
+                        help="a run on real weights whose quality evidence the quality-versus-speed view plots "
+                             "against RUN_DIR's speed-ups (RUN_DIR: typically a speed-only run; see below)")
     report.add_argument("--plots", metavar="DIR", default=None,
                         help="also write comparison figures (forest, KL vs accuracy, quality vs speed) as PNG and "
                              "SVG into DIR")

@@ -42,7 +42,14 @@ def same_results(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return core(a) == core(b)
 
 
-def write_reports(run_dir: Path) -> ReportOutcome:
+def write_reports(run_dir: Path, quality_from: Path | None = None) -> ReportOutcome:
+    """Gate `run_dir` and write its reports into it.
+
+    quality_from: a run on real weights whose quality evidence the quality-versus-speed view joins with this
+    run's speed-ups (qeval.report.join). The join changes no verdict and neither results.json nor junit.xml
+    (the gate's record, which a sign-off binds): it goes to quality-join.json, and report.html and report.md
+    show it in place of this run's own quality-versus-speed view. Nothing is written into `quality_from`.
+    """
     from qeval import signoff
     from qeval.paths import under
     from qeval.report.html import write_html
@@ -50,7 +57,18 @@ def write_reports(run_dir: Path) -> ReportOutcome:
     from qeval.report.markdown import render_markdown
     from qeval.store import write_json_atomic, write_text_atomic
 
-    results = build_results(run_dir)
+    joined = None
+    if quality_from is not None:
+        from qeval.report.join import join_runs
+
+        results, joined = join_runs(run_dir, quality_from)
+    else:
+        results = build_results(run_dir)
+        from qeval.report.join import JOIN_FILE
+
+        stale = under(run_dir, run_dir / JOIN_FILE, what="report")
+        if stale.is_file():  # a join the pages no longer show must not lie beside them
+            stale.unlink()
     # Fixed names, checked to stay in the run directory; every file is written whole (temp + rename), so a
     # reader, a crash or a second writer (pytest-xdist) never sees half a report.
     paths = {kind: under(run_dir, run_dir / name, what="report")
@@ -62,14 +80,26 @@ def write_reports(run_dir: Path) -> ReportOutcome:
     else:
         write_json_atomic(paths["json"], results)
     shown = signoff.view(run_dir, signed) if signed else None
-    write_text_atomic(paths["md"], render_markdown(results, signoff=shown))
     write_junit(results, paths["junit"])
+    if joined is not None:
+        from qeval.report.join import JOIN_FILE
+
+        paths["join"] = under(run_dir, run_dir / JOIN_FILE, what="report")
+        write_json_atomic(paths["join"], joined)
+        results = {**results, "pareto": joined}  # what the pages show; results.json keeps the run's own view
+    write_text_atomic(paths["md"], render_markdown(results, signoff=shown))
     write_html(results, paths["html"], signoff=shown)
     lines = [f"{d['candidate']:>14} on {d['backend']:<8} {d['verdict']:<13} {d['summary']}"
              for d in results["decisions"]]
     not_run = [f"{c['id']:>22} NOT RUN       {c['reason']}" for c in results["not_run"]]
     if shown:
         lines.append(f"sign-off: {shown['status']}")
+    if joined is not None:
+        j = joined["join"]
+        n = sum(p["verdict"] != "BASELINE" for p in joined["points"])
+        lines.append(f"quality from {j['quality']['run_id']} ({j['quality']['model']}, real weights): {n} joined, "
+                     f"{len(j['unmatched'])} listed as not joined; {j['hardware_note']}; the verdicts above are this "
+                     f"run's own (join: {paths['join']})")
     summary = "\n".join(["qeval gate:", *lines, *(["not run here:", *not_run] if not_run else []),
                          f"report: {paths['html']}"])
     blocked = any(d["verdict"] == "BLOCK" for d in results["decisions"])

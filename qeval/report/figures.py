@@ -5,7 +5,8 @@ no display; MPLCONFIGDIR is in the qeval cache, qeval.paths.confine_library_cach
 
 - forest.{png,svg}: per task, the paired delta (points) and its CI for every candidate x backend, the margin;
 - kl_vs_accuracy.{png,svg}: mean KL(baseline || candidate) with its CI against the pooled accuracy delta;
-- quality_vs_speed.{png,svg}: pooled accuracy delta against speed-up (only where latency was measured).
+- quality_vs_speed.{png,svg}: pooled accuracy delta against speed-up (only where latency was measured; with
+  `--quality-from`, the joined view of qeval.report.join, each axis naming its run).
 
 A figure whose data the run does not have is not drawn; `figures` says why, and the CLI prints it.
 """
@@ -123,7 +124,12 @@ def quality_vs_speed(results: dict[str, Any], out_dir: Path, done: Figures) -> N
     if par.get("note") or not points:
         done.skipped["quality_vs_speed"] = par.get("note") or "no candidate has both latency and an accuracy delta"
         return
-    fig = Figure(figsize=(5.5, 4.0), layout="constrained")
+    sources = None
+    if par.get("join"):  # a joined view (qeval.report.join): where each axis comes from
+        from qeval.report.join import axis_source
+
+        sources = {side: axis_source(par["join"], side) for side in ("speed", "quality")}
+    fig = Figure(figsize=(6.5, 5.0) if sources else (5.5, 4.0), layout="constrained")
     ax = fig.add_subplot()
     for p in points:
         ax.errorbar([p["speedup"]], [p["delta_pts"]], xerr=_err(*(p.get("speedup_ci") or (None, None)), p["speedup"]),
@@ -134,8 +140,10 @@ def quality_vs_speed(results: dict[str, Any], out_dir: Path, done: Figures) -> N
                     textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.axvline(1.0, color="#8c959f", lw=0.6)
     ax.axhline(0.0, color="#8c959f", lw=0.6)
-    ax.set_xlabel(f"speed-up: {par.get('speed_label', 'latency')}, ratio of medians (95% CI)")
-    ax.set_ylabel("pooled paired accuracy delta, points (95% CI)")
+    ax.set_xlabel(_plain(f"speed-up: {par.get('speed_label', 'latency')}, ratio of medians (95% CI)"
+                         + (f"\n{sources['speed']}" if sources else "")))
+    ax.set_ylabel(_plain("pooled paired accuracy delta, points (95% CI)"
+                         + (f"\n{sources['quality']}" if sources else "")))
     ax.grid(color="#eaeef2", lw=0.6)
     _save(fig, out_dir, "quality_vs_speed", done)
 

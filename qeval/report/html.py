@@ -28,7 +28,13 @@ def build_plots(results: dict[str, Any]) -> dict[str, Any]:
     kld_rows = view.kld_plot_rows(results)
     kld = Markup(plots.kld_plot(kld_rows, limit=results["gate"]["policy"].get("max_kld_mean"))) if kld_rows else None
     par = results["pareto"]
-    pareto = None if par["note"] else Markup(plots.pareto_plot(par["points"], speed_label=par["speed_label"]))
+    sources = None
+    if par.get("join"):  # a joined view: each axis says which run it comes from
+        from qeval.report.join import axis_source
+
+        sources = {side: axis_source(par["join"], side) for side in ("speed", "quality")}
+    pareto = None if par["note"] else Markup(plots.pareto_plot(par["points"], speed_label=par["speed_label"],
+                                                               sources=sources))
     return {"forest": forest, "kld": kld, "pareto": pareto}
 
 

@@ -135,14 +135,20 @@ def _points(points: list[dict[str, Any]], y: str) -> Iterator[tuple[dict[str, An
             yield p, v
 
 
-def pareto_plot(points: list[dict[str, Any]], *, speed_label: str) -> str:
-    """Quality vs speed-up: pooled delta (left) and mean KL (right, where measured); the front is drawn."""
+def pareto_plot(points: list[dict[str, Any]], *, speed_label: str, sources: dict[str, str] | None = None) -> str:
+    """Quality vs speed-up: pooled delta (left) and mean KL (right, where measured); the front is drawn.
+
+    sources: for a joined view (qeval.report.join), where each axis comes from ({"speed": ..., "quality": ...}),
+    printed under its label.
+    """
+    src_x = f"\n{sources['speed']}" if sources else ""
+    src_y = f"\n{sources['quality']}" if sources else ""
     has_kld = any(p.get("kld") is not None and p["verdict"] != "BASELINE" for p in points)
     panels = [("delta_pts", "delta_ci_pts", "front_delta", "pooled paired delta, points (95% CI; higher is better)")]
     if has_kld:
         panels.append(("kld", "kld_ci", "front_kld", "mean KL(baseline || candidate), nats/token (lower is better)"))
     with matplotlib.rc_context(_RC):
-        fig = _figure(6.0 if len(panels) == 1 else 12.0, 4.2)
+        fig = _figure((6.0 if len(panels) == 1 else 12.0) + (1.5 if sources else 0.0), 4.2 + (0.4 if sources else 0.0))
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for ax, (y, yci, front_key, ylabel) in zip(axes, panels):
             for p, v in _points(points, y):
@@ -160,7 +166,7 @@ def pareto_plot(points: list[dict[str, Any]], *, speed_label: str) -> str:
                     ax.plot(*zip(*front), color="#8c959f", lw=0.8, ls=":", zorder=0)
             ax.axvline(1.0, color="#8c959f", lw=0.6)
             ax.axhline(0.0, color="#8c959f", lw=0.6)
-            ax.set_xlabel(f"speed-up: {speed_label}, ratio of medians (95% CI)", fontsize=8)
-            ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_xlabel(_plain(f"speed-up: {speed_label}, ratio of medians (95% CI){src_x}"), fontsize=8)
+            ax.set_ylabel(_plain(ylabel + src_y), fontsize=8)
             ax.grid(color="#eaeef2", lw=0.6)
     return _svg(fig, "pareto", "Quality versus speed-up per candidate, with the Pareto front")

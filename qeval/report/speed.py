@@ -135,6 +135,26 @@ def pareto_front(points: list[dict[str, Any]], x: str, y: str, *, y_higher_is_be
     return front
 
 
+def top_speedup(decision: dict[str, Any]) -> dict[str, Any] | None:
+    """The Pareto view's speed-up of one decision: PARETO_METRIC at its highest measured load (None: none)."""
+    speed = [s for s in (decision.get("latency") or {}).get("speedups", []) if s["metric"] == PARETO_METRIC]
+    if not speed:
+        return None
+    return max(speed, key=lambda s: (s["concurrency"] or 0, s["request_rate"] or 0.0))
+
+
+def mark_fronts(points: list[dict[str, Any]]) -> None:
+    """Set front_delta / front_kld on each point: on its backend's speed/quality Pareto front."""
+    for p in points:
+        p["front_delta"] = p["front_kld"] = False
+    for be in sorted({p["backend"] for p in points}):
+        idx = [i for i, p in enumerate(points) if p["backend"] == be]
+        sub = [points[i] for i in idx]
+        for key, y, higher in (("front_delta", "delta_pts", True), ("front_kld", "kld", False)):
+            for j in pareto_front(sub, "speedup", y, y_higher_is_better=higher):
+                points[idx[j]][key] = True
+
+
 def pareto(decisions: list[dict[str, Any]], cells: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
     """Quality-vs-speed points of every candidate with both, and which lie on the Pareto front.
 
@@ -145,11 +165,9 @@ def pareto(decisions: list[dict[str, Any]], cells: dict[str, dict[str, Any]], ba
     """
     points = []
     for d in decisions:
-        lat = d.get("latency") or {}
-        speed = [s for s in lat.get("speedups", []) if s["metric"] == PARETO_METRIC]
-        if not speed:
+        top = top_speedup(d)
+        if top is None:
             continue
-        top = max(speed, key=lambda s: (s["concurrency"] or 0, s["request_rate"] or 0.0))
         heldout = ((cells.get(d["cell_id"]) or {}).get("divergence") or {}).get("heldout") or {}
         pooled = d.get("pooled") or {}
         points.append({"cell_id": d["cell_id"], "candidate": d["candidate"], "backend": d["backend"],
@@ -162,14 +180,7 @@ def pareto(decisions: list[dict[str, Any]], cells: dict[str, dict[str, Any]], ba
         points.append({"cell_id": f"{baseline}-{be}", "candidate": baseline, "backend": be, "verdict": "BASELINE",
                        "label": "baseline", "load": None, "speedup": 1.0, "speedup_ci": None, "delta_pts": 0.0,
                        "delta_ci_pts": None, "kld": 0.0, "kld_ci": None})
-    for p in points:
-        p["front_delta"] = p["front_kld"] = False
-    for be in backends:
-        idx = [i for i, p in enumerate(points) if p["backend"] == be]
-        sub = [points[i] for i in idx]
-        for key, y, higher in (("front_delta", "delta_pts", True), ("front_kld", "kld", False)):
-            for j in pareto_front(sub, "speedup", y, y_higher_is_better=higher):
-                points[idx[j]][key] = True
+    mark_fronts(points)
     note = None
     if not any(p["verdict"] != "BASELINE" for p in points):
         note = ("no candidate has per-request latency samples beside its baseline's, so there is no speed axis: "
