@@ -84,10 +84,15 @@ def calibration_hash(suite: Any) -> str | None:
 
 def recipe_hash(precision: str) -> str:
     """A precision's recipe: its registry entry (what ModelOpt, TensorRT-LLM and vLLM are asked to do) and the
-    full ModelOpt config it expands to (so an edit of ModelOpt's constant shows too)."""
+    full ModelOpt config it expands to (so an edit of ModelOpt's constant shows too); for an external checkpoint,
+    its folder's content hash and format (a folder whose files changed is another candidate)."""
     from qeval import precisions
 
     p = precisions.get(precision)
+    if p.external is not None:  # someone else's checkpoint: what it is, its content and how the engines load it
+        ext = p.external
+        return _sha256({"external": {"sha256": ext.get("sha256"), "format": ext.get("format"),
+                                     "vllm_checkpoint": p.vllm.checkpoint}})
     entry = {"modelopt_cfg": p.modelopt_cfg, "modelopt_kv_cfg": p.modelopt_kv_cfg,
              "modelopt_qformat": p.modelopt_qformat, "block_size": p.block_size,
              "trtllm_quant_algo": p.trtllm_quant_algo, "trtllm_kv_cache_quant_algo": p.trtllm_kv_cache_quant_algo,

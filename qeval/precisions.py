@@ -120,6 +120,8 @@ class Precision:
         kernels: what runs it for real, where (see :func:`kernel_kind`).
         custom: for a suite's custom recipe (qeval.recipes), its definition: the base and the edits
             :func:`modelopt_config` applies; None for the registry's own entries.
+        external: for a suite's own quantized checkpoint (qeval.checkpoints), where it is and what it is (folder,
+            format, content hash, once the run has checked it); None for everything qeval quantizes itself.
     """
 
     name: str
@@ -133,11 +135,12 @@ class Precision:
     trtllm_kv_cache_quant_algo: str | None = None
     kernels: tuple[KernelSupport, ...] = field(default=())
     custom: Mapping[str, Any] | None = None
+    external: Mapping[str, Any] | None = None
 
     @property
     def is_baseline(self) -> bool:
-        """True for the unquantized reference (no ModelOpt config)."""
-        return self.modelopt_cfg is None
+        """True for the unquantized reference (no ModelOpt config, not a checkpoint someone else quantized)."""
+        return self.modelopt_cfg is None and self.external is None
 
 
 PRECISIONS: dict[str, Precision] = {}
@@ -159,9 +162,10 @@ def register(precision: Precision) -> Precision:
 
 
 def register_custom(precision: Precision) -> Precision:
-    """Add (or replace) a suite's custom recipe; a registered precision of the same name is never replaced."""
+    """Add (or replace) a suite's custom recipe or checkpoint; a registered precision of the same name is never
+    replaced."""
     existing = PRECISIONS.get(precision.name)
-    if existing is not None and existing.custom is None:
+    if existing is not None and existing.custom is None and existing.external is None:
         raise ValueError(f"custom recipe {precision.name!r} would replace the registered precision")
     PRECISIONS.pop(precision.name, None)
     return register(precision)

@@ -3,7 +3,8 @@ names.
 
 Before any cell runs, the manifest names each planned cell's artifact (`artifacts`: cell id -> kind and key):
 the baseline's weights hash, the ModelOpt fake-quant or checkpoint key of the artifact cache (the same function
-that builds it computes it), vLLM's online quantization of the weights, or an endpoint. The run store stamps
+that builds it computes it), vLLM's online quantization of the weights, an endpoint, or the content hash of an
+external checkpoint folder (qeval.checkpoints). The run store stamps
 every record a cell writes (per-sample records, status, divergence, latency) with that key (`artifact_key`).
 `qeval report` reads the stamps back: a candidate whose records, or whose baseline's records, came from
 another artifact than the manifest names (a run directory stitched from two runs, records copied in, a resume
@@ -38,6 +39,11 @@ def planned_artifact(ctx: Any, cell: Any) -> dict[str, Any]:
         return {"kind": "endpoint", "key": _hash({"endpoint": endpoint, "model": suite.server.model_name})}
     if cell.is_baseline:
         return {"kind": "model weights", "key": ctx.model_hash}
+    from qeval import checkpoints
+
+    if checkpoints.is_external(cell.precision):  # the user's own folder: its content hash, whatever the engine
+        record = checkpoints.artifact(cell.precision)
+        return {"kind": record["kind"], "key": record["key"]}
     if cell.backend != "hf" and cell.precision in suite.vllm_online:
         from qeval import precisions
 

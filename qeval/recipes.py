@@ -78,7 +78,8 @@ def check_spec(spec: RecipeSpec) -> None:
     """Checks that need only the registry (run at suite validation). Raises ValueError with a `fix`."""
     from qeval.suite import FieldProblem
 
-    if spec.name in precisions.PRECISIONS and not precisions.PRECISIONS[spec.name].custom:
+    existing = precisions.PRECISIONS.get(spec.name)
+    if existing is not None and not existing.custom and not existing.external:
         raise FieldProblem(f"recipe name {spec.name!r} is a registered precision",
                            "give the custom recipe a name of its own, e.g. "
                            f"{spec.name}_custom")
@@ -86,6 +87,9 @@ def check_spec(spec: RecipeSpec) -> None:
         base = precisions.get(spec.base)
     except QevalError as err:
         raise FieldProblem(f"recipe {spec.name!r}: unknown base {spec.base!r}", err.fix or "") from None
+    if base.external is not None:
+        raise FieldProblem(f"recipe {spec.name!r}: base {spec.base!r} is an external checkpoint (qeval does not "
+                           "quantize it again)", "start from a registered precision, e.g. int8_sq")
     if base.custom:
         raise FieldProblem(f"recipe {spec.name!r}: base {spec.base!r} is itself a custom recipe",
                            "start from a registered precision and list all the edits")

@@ -120,8 +120,11 @@ class Context:
         """The exported checkpoint of a precision (built once, then from the artifact cache): ModelOpt's HF
         export feeds TensorRT-LLM and vLLM's ModelOpt loader; fmt "compressed-tensors" is the same
         calibration in vLLM's INT8 W8A8 format (qeval.export_ct)."""
+        from qeval import checkpoints
         from qeval.quantize import export_checkpoint
 
+        if checkpoints.is_external(precision):  # the user's own folder: nothing to build
+            return checkpoints.folder_of(precision)
         return export_checkpoint(self, precision, fmt)
 
 
@@ -144,6 +147,11 @@ def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
     # A recipe's own fields first: the message names the edit (recipes[i]...), not the candidate using it.
     check_against_model(suite.recipes, model_dir, str(suite_path), suite.model.trust_remote_code)
     check_quantization_inputs(suite, suite_path, model_dir)
+    from qeval.checkpoints import prepare as prepare_checkpoints
+
+    # The user's own quantized folders: found, quantized, loadable by a suite backend, the baseline's tokenizer
+    # and architecture; registered with their format and content hash (the manifest and every record name it).
+    prepare_checkpoints(suite, suite_path, model_dir)
     task_manager = bigbench.suite_task_manager(suite, suite_path)
     for i, task in enumerate(suite.tasks):
         bigbench.resolve_task(task.name, task_manager, file=str(suite_path))
@@ -183,7 +191,18 @@ def check_quantization_inputs(suite: Suite, suite_path: Path, model_dir: Path) -
     from qeval import precisions
     from qeval.calibration import check_calibration
 
-    if "hf" not in suite.backends:
+    from qeval.checkpoints import is_external
+
+    quantized_here = [(i, n) for i, n in enumerate(suite.candidates) if not is_external(n)]
+    if not quantized_here and suite.divergence.enabled and suite.calibration is None:
+        # A checkpoint someone else quantized needs no calibration, but the KL's held-out text comes from the set.
+        raise QevalError("the suite measures divergence, whose held-out text comes from the calibration set's "
+                         "held-out split, but names no calibration set", file=str(suite_path), field="calibration",
+                         fix="add e.g. `calibration: bigbench-mixed` (see calibration_sets/), or set "
+                             "divergence: {enabled: false}")
+    if "hf" not in suite.backends or not quantized_here:
+        if suite.calibration is not None and not quantized_here and suite.divergence.enabled:
+            check_calibration(suite.calibration, [t.name for t in suite.tasks], suite_file=str(suite_path))
         return
     if suite.calibration is None:
         raise QevalError("the suite quantizes candidates (hf backend) but names no calibration set",
@@ -192,7 +211,7 @@ def check_quantization_inputs(suite: Suite, suite_path: Path, model_dir: Path) -
     check_calibration(suite.calibration, [t.name for t in suite.tasks], suite_file=str(suite_path))
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))  # readable JSON: checked by load_suite
-    for i, name in enumerate(suite.candidates):
+    for i, name in quantized_here:
         try:
             precisions.check_compatible(name, config, source=str(config_path))
         except QevalError as err:
@@ -318,7 +337,11 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
             sampling=design)
         if overrides:
             manifest["suite"]["overrides"] = overrides
+        from qeval.checkpoints import MANIFEST_KEY, manifest_records
+
         manifest.update(identity=now, artifacts=artifacts)
+        if manifest_records(suite):  # who made each external candidate: where it was, what it is, its hash
+            manifest[MANIFEST_KEY] = manifest_records(suite)
         write_json_atomic(store.root / "manifest.json", manifest)
     store.bind_artifacts({cell: entry.get("key") for cell, entry in manifest.get("artifacts", artifacts).items()})
     log.info("compute dtype: %s (%s)", ctx.compute.dtype, ctx.compute.reason)
@@ -495,9 +518,12 @@ def open_backend(ctx: Context, cell: Cell) -> Iterator[Any]:
 
 
 def build_backend(ctx: Context, cell: Cell) -> Any:
+    from qeval import checkpoints
     from qeval.backends.hf import HFBackend, load_hf_model
 
     suite = ctx.suite
+    if cell.backend == "hf" and checkpoints.is_external(cell.precision):
+        return checkpoints.hf_backend(ctx, cell)
     if cell.backend == "hf":
         model = load_hf_model(ctx.model_dir, ctx.compute.dtype, trust_remote_code=suite.model.trust_remote_code)
         if cell.is_baseline:
@@ -509,4 +535,7 @@ def build_backend(ctx: Context, cell: Cell) -> Any:
                          max_length=suite.model.max_length)
     from qeval.backends import load_backend_class
 
+    if checkpoints.is_external(cell.precision):
+        checkpoints.check_engine(cell)  # no load path or no kernels for its format here: NOT RUN, with the reason
+        ctx.artifacts[cell.id] = checkpoints.artifact(cell.precision)
     return load_backend_class(cell.backend).from_cell(ctx, cell)

@@ -25,6 +25,7 @@ from qeval.backends import BACKENDS
 from qeval.errors import QevalError
 from qeval.gate import GatePolicy
 from qeval.paths import SAFE_NAME_RULE, name_problem
+from qeval.checkpoints import CheckpointSpec
 from qeval.recipes import RecipeSpec
 
 log = logging.getLogger(__name__)
@@ -283,6 +284,10 @@ class Suite(_Strict):
     recipes: list[RecipeSpec] = Field(default_factory=list, description=(
         "custom recipes: a registered base precision plus ModelOpt config edits (qeval.recipes); a candidate "
         "names one like any precision"))
+    checkpoints: list[CheckpointSpec] = Field(default_factory=list, description=(
+        "your own quantized Hugging Face folders (compressed-tensors, ModelOpt export, AWQ, GPTQ, FP8; "
+        "qeval.checkpoints): a candidate names one like any precision; it runs on every suite backend that "
+        "loads its format, compared with the baseline on the same backend"))
     candidates: list[str] = Field(min_length=1)
     backends: list[str] = Field(default_factory=lambda: ["hf"], min_length=1)
     tasks: list[TaskSpec] = Field(default_factory=list, validate_default=True,
@@ -318,6 +323,23 @@ class Suite(_Strict):
             _safe_file_name(spec.name, "recipe name")
             recipes.check_spec(spec)
         recipes.register(specs)  # the candidates after this field, and every later look-up, see them
+        return specs
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _valid_checkpoints(cls, specs: list[CheckpointSpec], info: ValidationInfo) -> list[CheckpointSpec]:
+        from qeval import checkpoints
+
+        recipe_names = {r.name for r in info.data.get("recipes") or []}
+        _no_duplicates([c.name for c in specs], "checkpoint")
+        for spec in specs:
+            # A checkpoint names its cells' directories like any precision: never a path.
+            _safe_file_name(spec.name, "checkpoint name")
+            if spec.name in recipe_names:
+                raise FieldProblem(f"checkpoint name {spec.name!r} is also a recipe of this suite",
+                                   "give the checkpoint a name of its own")
+            checkpoints.check_spec(spec)
+        checkpoints.register(specs)  # unresolved until the run checks the folders (qeval.checkpoints.prepare)
         return specs
 
     @field_validator("candidates")

@@ -81,6 +81,7 @@ class HFBackend:
         model: a loaded causal LM (plain or ModelOpt fake-quantized).
         precision: the precision name this model stands for (for the capability record).
         simulated: True when the low precision is simulated (fake quantization).
+        notes: the capability record's notes (default: says what simulates it, ModelOpt fake-quant).
         batch_size: sequences per forward pass.
         max_length: longest sequence scored; longer inputs are cut from the left,
             as lm-eval's own HF model does.
@@ -89,11 +90,13 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, precision: str = "bf16", simulated: bool = False,
-                 batch_size: int = 16, max_length: int = 2048, eos_token_id: int | None = None) -> None:
+                 batch_size: int = 16, max_length: int = 2048, eos_token_id: int | None = None,
+                 notes: str | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.precision = precision
         self.simulated = simulated
+        self.notes = notes  # what the capability record says instead of the default (an external checkpoint)
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = next(model.parameters()).device
@@ -106,8 +109,8 @@ class HFBackend:
     def capabilities(self) -> Capabilities:
         kind = "simulated" if self.simulated else "real"
         return Capabilities(backend="hf", precisions=(self.precision,), kernels={self.precision: kind},
-                            notes="transformers reference; quantized precisions are ModelOpt fake-quant"
-                            if self.simulated else "transformers reference",
+                            notes=self.notes or ("transformers reference; quantized precisions are ModelOpt "
+                                                 "fake-quant" if self.simulated else "transformers reference"),
                             compute_dtype=str(self.dtype).removeprefix("torch."))
 
     @torch.inference_mode()

