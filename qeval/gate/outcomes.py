@@ -77,6 +77,8 @@ class TaskDecision:
         level: the one-sided level this task's PASS had to reach (alpha over the family).
         mode: the sampling mode whose rule decided (fixed, group-sequential, anytime).
         note: why a task was decided by another rule than its mode's (e.g. clustered samples).
+        higher_is_better: the metric's direction as the gate read it (False: lower is better, deltas sign-flipped).
+        semantics: where the direction and scale came from (lm-eval's task config, the suite ...).
     """
 
     rule_id: str
@@ -112,6 +114,8 @@ class TaskDecision:
     level: float = 0.05
     mode: str = "fixed"
     note: str = ""
+    higher_is_better: bool = True
+    semantics: str = ""
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,8 @@ def task_rule(policy: GatePolicy, st: TaskStats, *, level: float, multiplier: fl
                         flip_rate=st.mcnemar.flip_rate if st.mcnemar else None,
                         mcnemar_p=st.mcnemar.pvalue if st.mcnemar else None, wilcoxon_p=st.wilcoxon_p,
                         trtllm=st.trt, pairing=st.gain, noninferiority=ni, sequential=seq, anytime=any_,
-                        level=level, mode=mode, note=note)
+                        level=level, mode=mode, note=note, higher_is_better=ev.higher_is_better,
+                        semantics=ev.semantics or "")
 
 
 def task_pvalue(st: TaskStats) -> float:

@@ -50,6 +50,9 @@ class NonInferiority:
         n10: lost answers (binary), else None.
         n01: gained answers (binary), else None.
         flip_rate: discordance (binary), else None.
+        n_clusters: clusters the SE was computed over, or None when unclustered.
+        se_unclustered: where clustered (absolute margin), the plain paired SE of the same differences,
+            for comparison with `se`; else None.
     """
 
     verdict: Verdict
@@ -75,6 +78,8 @@ class NonInferiority:
     n10: int | None = None
     n01: int | None = None
     flip_rate: float | None = None
+    n_clusters: int | None = None
+    se_unclustered: float | None = None
 
     def adjusted(self, adjusted_pvalue: float, correction: Correction, alpha_next: float) -> "NonInferiority":
         """The same test after multiplicity correction.
@@ -237,7 +242,9 @@ def noninferiority(baseline: Sequence[float] | np.ndarray, candidate: Sequence[f
         d = c - b
         threshold = -margin
         estimate = float(d.mean())
-        se, _ = _se_from(d, clusters)
+        se, n_clusters = _se_from(d, clusters)
+        if clusters is not None:
+            counts["n_clusters"], counts["se_unclustered"] = n_clusters, float(_se_from(d, None)[0])
         distance = estimate + margin
         if method in ("normal", "score") and binary and clusters is None:
             r = _binary_ni_arrays(np.array(counts["n10"]), np.array(counts["n01"]), np.array(n), margin,
@@ -275,7 +282,9 @@ def noninferiority(baseline: Sequence[float] | np.ndarray, candidate: Sequence[f
         estimate, lo, hi, se = rec.estimate, rec.ci[0], rec.ci[1], rec.se
         # The test of "recovery > r0" is the paired test of mean(c - r0 b) > 0 (Fieller's pivot).
         e = c - r0 * b
-        se_e, _ = _se_from(e, clusters)
+        se_e, n_clusters = _se_from(e, clusters)
+        if clusters is not None:
+            counts["n_clusters"] = n_clusters
         distance = float(e.mean())
         sd_test = se_e * math.sqrt(n)
         if method == "normal":
