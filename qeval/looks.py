@@ -127,15 +127,20 @@ def run_baseline(ctx: Any, cell: Any, lm: Any, timings: dict[str, float]) -> Non
         save_progress(ctx, cell.id, progress)
 
 
-def extend_baseline(ctx: Any, backend: str, plan: sampling.TaskPlan, k: int) -> None:
-    """Make sure the baseline on `backend` has looks 0..k of a task (the same slices the candidate uses)."""
+def extend_baseline(ctx: Any, backend: str, plan: sampling.TaskPlan, k: int) -> float:
+    """Make sure the baseline on `backend` has looks 0..k of a task (the same slices the candidate uses).
+
+    Returns the seconds it spent. They are added to the baseline's own status (its task seconds and
+    total), so the time per step charges each look to the cell that evaluated it, not to the candidate
+    that asked for it.
+    """
     from qeval.cells import Cell
 
     cell = Cell(ctx.suite.baseline, backend, True)
     progress = load_progress(ctx, cell.id)
     prog = progress[plan.task]
     if prog.looks_done > k:
-        return
+        return 0.0
     lm = ctx.baseline_lm(backend)
     timings: dict[str, float] = {}
     while prog.looks_done <= k:
@@ -143,14 +148,34 @@ def extend_baseline(ctx: Any, backend: str, plan: sampling.TaskPlan, k: int) -> 
         ctx.budget.spend(n)
         prog.looks_done += 1
         save_progress(ctx, cell.id, progress)
+    _charge_baseline(ctx, cell.id, timings)
+    return sum(timings.values())
 
 
-def run_candidate(ctx: Any, cell: Any, lm: Any, timings: dict[str, float]) -> sampling.CellRun:
-    """A candidate cell's tasks through the look schedule, consulting the gate between looks."""
+def _charge_baseline(ctx: Any, cell_id: str, timings: dict[str, float]) -> None:
+    """Add looks evaluated on demand to the finished baseline's task seconds and total."""
+    status = ctx.store.read_status(cell_id)
+    if not (status and status.get("state") == "ok"):
+        return  # the baseline's own run has not written its status yet; its timings dict holds these
+    tasks = status.setdefault("task_seconds", {})
+    for task, seconds in timings.items():
+        tasks[task] = round(tasks.get(task, 0.0) + seconds, 2)
+    status["seconds"] = round(status.get("seconds", 0.0) + sum(timings.values()), 2)
+    ctx.store.write_status(cell_id, status)
+
+
+def run_candidate(ctx: Any, cell: Any, lm: Any, timings: dict[str, float],
+                  steps: dict[str, float] | None = None) -> sampling.CellRun:
+    """A candidate cell's tasks through the look schedule, consulting the gate between looks.
+
+    `steps` gets "baseline looks": the seconds this cell waited for the baseline's later looks (inside the
+    cell's total, charged to the baseline's tasks too)."""
     plans = list(ctx.task_plans.values())
 
     def evaluate(plan: sampling.TaskPlan, k: int) -> None:
-        extend_baseline(ctx, cell.backend, plan, k)
+        waited = extend_baseline(ctx, cell.backend, plan, k)
+        if waited and steps is not None:
+            steps["baseline looks"] = round(steps.get("baseline looks", 0.0) + waited, 2)
         evaluate_look(ctx, cell.id, lm, plan, k, timings)
 
     def consult() -> sampling.Consult:

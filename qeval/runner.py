@@ -450,7 +450,7 @@ def _run_cell_locked(ctx: Context, cell: Cell) -> None:
                     run_divergence(ctx, cell, backend)
             if not cell.is_baseline:
                 lm = QevalLM(backend, ctx.tokenizer, ctx.request_cache(cell, backend), label=cell.id)
-                looks.run_candidate(ctx, cell, lm, timings)
+                looks.run_candidate(ctx, cell, lm, timings, steps)
             if ctx.suite.latency.enabled and cell.backend in (ctx.suite.latency.backends or ctx.suite.backends):
                 with _timed(steps, "latency"):
                     run_latency(ctx, cell, backend)

@@ -8,6 +8,7 @@ with it exactly as it scores the baseline.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -24,7 +25,10 @@ from qeval.backends.base import (
     PromptDistributions,
     TokenEvent,
 )
+from qeval.backends import packing
 from qeval.errors import QevalError
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -85,13 +89,18 @@ class HFBackend:
         batch_size: sequences per forward pass.
         max_length: longest sequence scored; longer inputs are cut from the left,
             as lm-eval's own HF model does.
+        share_context: score requests that share a context (a question's choices) in one packed row,
+            once checked on the model (False: one row per request, lm-eval's way; None: in float32 only).
+        batch_generation: decode greedy requests `batch_size` at a time (left-padded), once checked on the
+            model against one at a time (False: one at a time; None: in float32 only).
     """
 
     name = "hf"
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, precision: str = "bf16", simulated: bool = False,
                  batch_size: int = 16, max_length: int = 2048, eos_token_id: int | None = None,
-                 notes: str | None = None) -> None:
+                 notes: str | None = None, share_context: bool | None = None,
+                 batch_generation: bool | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.precision = precision
@@ -104,14 +113,29 @@ class HFBackend:
         self.eos_token_id = eos_token_id if eos_token_id is not None else model.config.eos_token_id
         # transformers' causal LMs take a tensor of positions to project to the vocabulary (logits_to_keep).
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        # Shared-context scoring: None until checked on this model's first multiple-choice batch. By default
+        # only in float32, where the check is sharp (packed and one-row scores agree to ~3e-5) and where a
+        # CPU without native bf16 needs the time; in bf16 a packed row's other shape moves scores by
+        # bf16 rounding (up to ~0.5 nats on a token, measured), so bf16 keeps lm-eval's one row per request.
+        if share_context is None:
+            share_context = self.dtype == torch.float32
+        self.share_context: bool | None = None if share_context else False
+        # Batched greedy generation: the same rule (float32 by default, checked once on this model).
+        if batch_generation is None:
+            batch_generation = self.dtype == torch.float32
+        self.batch_generation: bool | None = None if batch_generation else False
 
     @property
     def capabilities(self) -> Capabilities:
         kind = "simulated" if self.simulated else "real"
+        notes = self.notes or ("transformers reference; quantized precisions are ModelOpt "
+                               "fake-quant" if self.simulated else "transformers reference")
+        batching = [what for what, on in (("a question's choices scored in one packed row", self.share_context),
+                                          ("greedy generation batched", self.batch_generation)) if on]
+        if batching:  # each checked on this model against one request at a time (the log has the numbers)
+            notes += "; " + " and ".join(batching) + " (checked against one at a time)"
         return Capabilities(backend="hf", precisions=(self.precision,), kernels={self.precision: kind},
-                            notes=self.notes or ("transformers reference; quantized precisions are ModelOpt "
-                                                 "fake-quant" if self.simulated else "transformers reference"),
-                            compute_dtype=str(self.dtype).removeprefix("torch."))
+                            notes=notes, compute_dtype=str(self.dtype).removeprefix("torch."))
 
     @torch.inference_mode()
     def _forward_logprobs(self, inputs: list[list[int]], tails: list[int] | None = None) -> list[torch.Tensor]:
@@ -145,9 +169,70 @@ class HFBackend:
 
     def loglikelihood(self, requests: list[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
         results: list[LoglikelihoodResult | None] = [None] * len(requests)
+        # The choices of one multiple-choice question share their context: scored in one packed row, the
+        # context is computed once instead of once per choice (qeval.backends.packing).
+        one_row_each = list(range(len(requests)))
+        if self.share_context is not False:
+            groups, rest = packing.shared_context_groups(requests, self.max_length)
+            if groups and self.share_context is None:
+                self.share_context = self._packing_agrees(requests, groups[0])
+            if self.share_context:
+                for start in range(0, len(groups), self.batch_size):
+                    batch = groups[start : start + self.batch_size]
+                    for group, scored in zip(batch, self._score_packed(requests, batch)):
+                        for i, result in zip(group, scored):
+                            results[i] = result
+                one_row_each = rest
+        self._score_rows(requests, one_row_each, results)
+        return results  # type: ignore[return-value]
+
+    def _packing_agrees(self, requests: list[LoglikelihoodRequest], group: list[int]) -> bool:
+        """Check once per engine that this model honours a packed row's attention mask: the packed scores of
+        one group against the same requests scored one row each (a model that ignores 4-D masks would let
+        one choice see another's tokens and disagree by far more than rounding)."""
+        packed = self._score_packed(requests, [group])[0]
+        plain: list[LoglikelihoodResult | None] = [None] * len(requests)
+        self._score_rows(requests, group, plain)
+        worst = max(abs(a - b) for p, q in zip(packed, (plain[i] for i in group))
+                    for a, b in zip(p.token_logprobs, q.token_logprobs))  # type: ignore[union-attr]
+        tolerance = packing.tolerance(self.dtype)
+        agrees = worst <= tolerance
+        log.info("hf: shared-context scoring %s (packed vs one row per request: max |d logprob| %.2e, "
+                 "tolerance %.0e in %s)", "on" if agrees else "OFF", worst, tolerance,
+                 str(self.dtype).removeprefix("torch."))
+        return agrees
+
+    @torch.inference_mode()
+    def _score_packed(self, requests: list[LoglikelihoodRequest],
+                      groups: list[list[int]]) -> list[list[LoglikelihoodResult]]:
+        rows = [packing.pack([requests[i] for i in group]) for group in groups]
+        batch = packing.batch(rows)
+        keep = batch.keep
+        kwargs = {"logits_to_keep": keep.to(self.device)} if self._keeps_logits else {}
+        logits = self.model(input_ids=batch.input_ids.to(self.device), attention_mask=batch.mask.to(self.device),
+                            position_ids=batch.position_ids.to(self.device), **kwargs).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        column = {int(p): c for c, p in enumerate(keep)} if self._keeps_logits else None
+        out = []
+        for row_index, row in enumerate(rows):
+            scored = []
+            for positions, cont in zip(row.predicting, row.continuations):
+                cols = [column[p] for p in positions] if column is not None else positions
+                tail = logprobs[row_index, cols]
+                target = torch.tensor(cont, dtype=torch.long)
+                token_lp = tail.gather(1, target[:, None])[:, 0]
+                scored.append(LoglikelihoodResult(logprob=float(token_lp.sum()),
+                                                  is_greedy=bool((tail.argmax(dim=-1) == target).all()),
+                                                  token_logprobs=tuple(float(x) for x in token_lp)))
+            out.append(scored)
+        return out
+
+    def _score_rows(self, requests: list[LoglikelihoodRequest], indices: list[int],
+                    results: list[LoglikelihoodResult | None]) -> None:
+        """One row per request (right-padded batches), into `results` at the requests' indices."""
         # Longest first: batches of similar length waste little padding.
-        order = sorted(range(len(requests)), key=lambda i: -(len(requests[i].context_tokens)
-                                                             + len(requests[i].continuation_tokens)))
+        order = sorted(indices, key=lambda i: -(len(requests[i].context_tokens)
+                                                + len(requests[i].continuation_tokens)))
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             inputs = []
@@ -162,7 +247,6 @@ class HFBackend:
                 greedy = bool((tail.argmax(dim=-1) == cont).all())
                 results[i] = LoglikelihoodResult(logprob=float(token_lp.sum()), is_greedy=greedy,
                                                  token_logprobs=tuple(float(x) for x in token_lp))
-        return results  # type: ignore[return-value]
 
     def prompt_logprobs(self, sequences: list[tuple[int, ...]]) -> list[torch.Tensor]:
         """Full next-token log-distributions: for a sequence of T tokens, a [T-1, vocab]
@@ -227,7 +311,78 @@ class HFBackend:
 
     def generations(self, requests: list[GenerationRequest]) -> list[Generation]:
         """Generation cut at the first stop string, stopping as soon as one appears (as lm-eval's HF model
-        does with its stop criteria), with the token count and why it ended."""
+        does with its stop criteria), with the token count and why it ended.
+
+        Greedy requests are decoded `batch_size` at a time (left-padded, one KV cache) where batching is on
+        (`batch_generation`, float32 by default, checked once against one-at-a-time decoding); sampled
+        requests and everything else one at a time."""
+        out: list[Generation | None] = [None] * len(requests)
+        greedy = [i for i, r in enumerate(requests) if r.temperature <= 0 and not r.ignore_eos]
+        if self.batch_generation is not False and len(greedy) > 1:
+            if self.batch_generation is None:
+                self.batch_generation = self._batching_agrees([requests[i] for i in greedy[:2]])
+            if self.batch_generation:
+                for start in range(0, len(greedy), self.batch_size):
+                    chunk = greedy[start : start + self.batch_size]
+                    for i, g in zip(chunk, self._generate_batch([requests[i] for i in chunk])):
+                        out[i] = g
+        todo = [i for i, g in enumerate(out) if g is None]
+        for i, g in zip(todo, self._generate_one_by_one([requests[i] for i in todo])):
+            out[i] = g
+        return out  # type: ignore[return-value]
+
+    def _batching_agrees(self, requests: list[GenerationRequest]) -> bool:
+        """Check once per engine that batched greedy decoding gives the texts one-at-a-time decoding gives."""
+        batched = self._generate_batch(requests)
+        alone = self._generate_one_by_one(requests)
+        agrees = all(a == b for a, b in zip(batched, alone))
+        log.info("hf: batched greedy generation %s (%d of %d checked texts the same as one at a time)",
+                 "on" if agrees else "OFF", sum(a == b for a, b in zip(batched, alone)), len(requests))
+        return agrees
+
+    @torch.inference_mode()
+    def _generate_batch(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """Greedy decoding of several prompts at once: left-padded, positions counted from each prompt's
+        first token, one KV cache; each row stops at its EOS, its first stop string or its budget."""
+        prompts = [self._prompt_ids(r) for r in requests]
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        generated: list[list[int]] = [[] for _ in requests]
+        texts = [""] * len(requests)
+        finish: list[str | None] = [None] * len(requests)
+        past, step_ids = None, ids
+        for _ in range(max(r.max_tokens for r in requests)):
+            out = self.model(input_ids=step_ids.to(self.device), attention_mask=mask.to(self.device),
+                             position_ids=positions.to(self.device), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            next_ids = out.logits[:, -1].float().argmax(dim=-1).cpu()
+            for row, r in enumerate(requests):
+                if finish[row] is not None:
+                    continue
+                token_id = int(next_ids[row])
+                if token_id == self.eos_token_id:
+                    finish[row] = "eos"
+                    continue
+                generated[row].append(token_id)
+                texts[row] = self.tokenizer.decode(generated[row])
+                if r.stop and truncate_at_stop(texts[row], r.stop) != texts[row]:
+                    finish[row] = "stop"
+                elif len(generated[row]) >= r.max_tokens:
+                    finish[row] = "length"
+            if all(f is not None for f in finish):
+                break
+            step_ids = next_ids[:, None]  # a finished row decodes on unseen: its tokens are not kept
+            mask = torch.cat([mask, torch.ones((len(requests), 1), dtype=torch.long)], dim=1)
+            positions = positions[:, -1:] + 1
+        return [Generation(truncate_at_stop(text, r.stop), len(gen) + (f == "eos"), f or "length")
+                for r, text, gen, f in zip(requests, texts, generated, finish)]
+
+    def _generate_one_by_one(self, requests: list[GenerationRequest]) -> list[Generation]:
         out = []
         for r in requests:
             ids: list[int] = []

