@@ -400,3 +400,30 @@ def test_reports_show_each_custom_recipe_definition(run: dict) -> None:
     assert "&lt;b&gt;" in md and "block_size" not in md  # escaped; unset edits left out
     page = render_html(results)
     assert "Custom recipes" in page and "model.layers.0.*" in page and "edges &lt;b&gt;bf16" in page
+
+
+def test_a_cell_stopped_midway_is_unfinished_not_not_run(tmp_path: Path) -> None:
+    """A budget or interrupt that stops a run inside a cell leaves its divergence on disk and no status: the
+    matrix must say the cell is unfinished (resume it), not that it never ran; a cell with nothing is not run."""
+    from qeval.report.results import NOT_RUN_LABEL, UNFINISHED_LABEL
+
+    run_dir = write_run(tmp_path)
+    cells = run_dir / "cells"
+    started = next(p for p in sorted(cells.iterdir()) if not p.name.startswith("bf16")
+                   and (p / "divergence.json").exists())
+    (started / "status.json").unlink()
+    untouched = next(p for p in sorted(cells.iterdir()) if not p.name.startswith("bf16") and p != started
+                     and p.name.endswith("-hf"))
+    for f in untouched.iterdir():  # nothing measured: as if the run never reached it
+        if f.is_file():
+            f.unlink()
+        else:
+            import shutil
+            shutil.rmtree(f)
+    r = build_results(run_dir)
+    entries = {e["cell_id"]: e for row in r["matrix"]["rows"] for e in row["cells"]}
+    assert entries[started.name]["verdict"] == "NOT RUN"  # no decision without a status
+    assert entries[started.name]["label"] == UNFINISHED_LABEL
+    assert "unfinished" in entries[started.name]["summary"]
+    assert entries[untouched.name]["label"] == NOT_RUN_LABEL
+    assert "not run (no results)" in entries[untouched.name]["summary"]

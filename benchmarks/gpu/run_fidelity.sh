@@ -17,8 +17,8 @@ CONCURRENCY=(${@:-1 4 16})
 OUT=${OUT:-/tmp/qeval-gpu-out}
 mkdir -p "$OUT/fidelity"
 # On the GPU the requests are short (~2 ms per token), so more of them and a
-# third load point than the CPU default; two rounds keep it inside one call.
+# third load point than the CPU default; two rounds keep it inside one call (FIDELITY_ROUNDS=4 for more).
 timeout --signal=INT --kill-after=20 "$BUDGET" python3 -u benchmarks/bench_latency_fidelity.py \
   --out "$OUT/fidelity" --input-len 128 --output-len 64 --num-prompts 64 --warmups 4 \
-  --concurrency "${CONCURRENCY[@]}" --rounds 2 2>&1 | tee "$OUT/fidelity.log"
+  --concurrency "${CONCURRENCY[@]}" --rounds "${FIDELITY_ROUNDS:-2}" 2>&1 | tee "$OUT/fidelity.log"
 echo "exit ${PIPESTATUS[0]}" | tee -a "$OUT/fidelity.log"

@@ -32,6 +32,7 @@ EMULATED_LABEL = "emulated by the engine"
 EXTERNAL_LABEL = "external server"
 CRASHED_LABEL = "crashed: no results"
 NOT_RUN_LABEL = "not run"
+UNFINISHED_LABEL = "unfinished: the run stopped inside this cell"
 SPEED_ONLY_LABEL = speed_only.LABEL
 
 # What each "how it ran" label means, in the words the report prints beside it.
@@ -52,6 +53,8 @@ LABEL_MEANING = {
                     "the cell's notes say what its API reports, nothing more",
     CRASHED_LABEL: "the cell crashed; its cause is in the decisions table",
     NOT_RUN_LABEL: "the cell has no results in this run directory",
+    UNFINISHED_LABEL: "the run was stopped (budget, interrupt) after this cell began and before it ended: what it "
+                      "measured is kept on disk but not judged; `qeval run --resume RUN_DIR` continues it",
     SPEED_ONLY_LABEL: speed_only.LABEL_MEANING,
 }
 EXAMPLES_PER_TASK = 3  # flipped answers shown per task and direction
@@ -111,7 +114,9 @@ def _cell_label(run: RunEvidence, cell_id: str, precision: str, backend: str) ->
     """How a cell ran, from what its status recorded (what the run measured), never from the backend's name."""
     status = run.status.get(cell_id) or {}
     if not status:
-        return NOT_RUN_LABEL
+        # Measured something (divergence, latency) but never wrote its status: stopped mid-cell, not "not run".
+        started = cell_id in run.divergence or cell_id in run.latency or cell_id in run.progress
+        return UNFINISHED_LABEL if started else NOT_RUN_LABEL
     if status.get("state") == "not_run" or status.get("run_here") is False:
         return ENGINE_UNAVAILABLE_LABEL
     if status.get("state") == "error":
@@ -311,9 +316,15 @@ def _matrix(run: RunEvidence, decisions: list[dict[str, Any]]) -> dict[str, Any]
             cell_id = f"{cand}-{be}"
             entries.append({"backend": be, "cell_id": cell_id, "verdict": d["verdict"] if d else "NOT RUN",
                             "label": _cell_label(run, cell_id, cand, be),
-                            "summary": d["summary"] if d else f"{cand} on {be}: not run (no results)"})
+                            "summary": d["summary"] if d else _no_decision_summary(run, cell_id, cand, be)})
         rows.append({"candidate": cand, "cells": entries})
     return {"baseline": run.suite.baseline, "backends": list(run.suite.backends), "rows": rows}
+
+
+def _no_decision_summary(run: RunEvidence, cell_id: str, cand: str, be: str) -> str:
+    if _cell_label(run, cell_id, cand, be) == UNFINISHED_LABEL:
+        return f"{cand} on {be}: unfinished (the run stopped inside this cell; resume the run to judge it)"
+    return f"{cand} on {be}: not run (no results)"
 
 
 def _how_it_ran(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
