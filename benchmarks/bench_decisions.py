@@ -9,6 +9,7 @@ a 5-point margin, alpha 0.05. Scenarios:
 - clear regression: every task 15 points down (the samples a clear BLOCK needs).
 
 Usage: python benchmarks/bench_decisions.py [--runs 2000] [--modes fixed,group-sequential,anytime]
+       [--looks 5] [--spending obrien-fleming|pocock]   (the group-sequential design)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--modes", default="fixed,group-sequential,anytime")
     parser.add_argument("--corrections", default="bonferroni,holm")
     parser.add_argument("--look-size", type=int, default=48)
+    parser.add_argument("--looks", type=int, default=5, help="group-sequential looks per task")
+    parser.add_argument("--spending", default="obrien-fleming", choices=("obrien-fleming", "pocock"))
     args = parser.parse_args()
     n = stats.required_n(M, flip_rate=F, alpha=ALPHA / CELLS, power=0.8 ** (1 / 3)).n
     print(f"planned n per task: {n} (power 0.8 per cell of 3 tasks at alpha/{CELLS}); runs per row: {args.runs}")
@@ -52,11 +55,12 @@ def main() -> None:
                 runs = args.runs if name != "clear regression" else max(50, args.runs // 10)
                 t0 = time.perf_counter()
                 sim = simulate_runs(cells, policy, mode=mode, planned_n=n, runs=runs, seed=zlib.crc32(name.encode()),
-                                    look_size=args.look_size)
+                                    look_size=args.look_size, looks=args.looks, spending=args.spending)
                 lo, hi = sim.any_ship_ci()
                 per_cell = float(np.mean(list(sim.ship_rate.values())))
                 used = float(np.mean(list(sim.mean_items.values()))) / sim.planned_items
-                print(f"| {mode} | {correction} | {name} | {sim.any_ship / runs:.4f} / {per_cell:.4f} | "
+                label = f"{mode} ({args.spending}, {args.looks} looks)" if mode == "group-sequential" else mode
+                print(f"| {label} | {correction} | {name} | {sim.any_ship / runs:.4f} / {per_cell:.4f} | "
                       f"[{lo:.4f}, {hi:.4f}] | {used:.2f} | {time.perf_counter() - t0:.0f} |", flush=True)
 
 

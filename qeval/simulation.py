@@ -117,7 +117,7 @@ class RunSimulation:
 
 def simulate_runs(cells: Sequence[CellTruth], policy: GatePolicy, *, mode: sampling.Mode, planned_n: int,
                   runs: int, seed: int = 0, looks: int | Sequence[int] = 5, look_size: int = 32,
-                  planned: Sequence[str] | None = None) -> RunSimulation:
+                  spending: str = "obrien-fleming", planned: Sequence[str] | None = None) -> RunSimulation:
     """`runs` simulated runs of the given cells (the family: `planned` candidates, default the cells')."""
     rng = np.random.default_rng(seed)
     names = list(planned) if planned is not None else [c.candidate for c in cells]
@@ -129,7 +129,7 @@ def simulate_runs(cells: Sequence[CellTruth], policy: GatePolicy, *, mode: sampl
         shipped = False
         for cell in cells:
             out = simulate_cell(cell, policy, family, mode=mode, planned_n=planned_n, looks=looks,
-                                look_size=look_size, rng=rng)
+                                look_size=look_size, spending=spending, rng=rng)
             ships[cell.candidate] += out.verdict == "SHIP"
             items[cell.candidate] += out.items
             shipped |= out.verdict == "SHIP"

@@ -74,3 +74,36 @@ def test_clear_cases_stop_early_and_verdicts_do_not_depend_on_other_cells() -> N
     alone = decide(POLICY, ev, family=family)[0]
     together = [d for d in decide(POLICY, [ev, other], family=family) if d.candidate == "c0"][0]
     assert alone.verdict == together.verdict and [r.message for r in alone.rules] == [r.message for r in together.rules]
+
+
+def test_pocock_pass_stops_clear_cases_by_half_and_its_fail_side_stays_at_alpha() -> None:
+    """The CPU smoke suite's design (Pocock, 4 looks): a 0-flip task PASSes at look 2 of 4; FAIL spends
+    O'Brien-Fleming whatever PASS spends, so a 12-point loss on 100 items is still blocked at the last look, as
+    the fixed test would (Pocock's own FAIL boundary, 2.04, left it open: the real smoke run of 2026-12-04), and
+    a candidate as good as the baseline is blocked at most alpha of the time. (At exactly the margin a cell is
+    blocked about half the time by design: at its planned n a point estimate below the margin FAILs.)"""
+    family = Family.of([("c0", "hf")], "bonferroni", ALPHA, "group-sequential")
+    looks = (100, 200, 300, 400)
+    same = np.ones(400)  # no discordant pair: the clearest PASS
+    ev = TaskEvidence("t", "acc", "c0", "hf", same[:200], same[:200], tuple(range(200)), mode="group-sequential",
+                      looks=looks, spending="pocock")
+    d = decide(POLICY, ev, family=family)[0]
+    assert d.tasks[0].verdict == "PASS" and d.tasks[0].n == 200
+    # 14 lost / 2 gained of 100 (the fp8 addition of the smoke run): z = -1.90 at the last look.
+    b = np.r_[np.ones(14), np.zeros(2), np.ones(10), np.zeros(74)]
+    c = np.r_[np.zeros(14), np.ones(2), np.ones(10), np.zeros(74)]
+    ev = TaskEvidence("t", "acc", "c0", "hf", b, c, tuple(range(100)), mode="group-sequential",
+                      looks=(25, 50, 75, 100), spending="pocock")
+    d = decide(POLICY, ev, family=family)[0]
+    fixed = decide(POLICY, TaskEvidence("t", "acc", "c0", "hf", b, c, tuple(range(100))), family=family)[0]
+    assert fixed.tasks[0].verdict == "FAIL" and d.tasks[0].verdict == "FAIL"
+    # False BLOCK of a good candidate, through the runner's look schedule: at most alpha within MC error.
+    rng = np.random.default_rng(15)
+    good = CellTruth("c0", (TaskTruth(0.0, F),))
+    runs = 300
+    outcomes = [simulate_cell(good, POLICY, family, mode="group-sequential", planned_n=400, looks=4,
+                              spending="pocock", rng=rng) for _ in range(runs)]
+    blocked = sum(o.verdict == "BLOCK" for o in outcomes)
+    print(f"pocock: false block of a good cell {blocked}/{runs}; "
+          f"items used {np.mean([o.items for o in outcomes]) / 400:.2f} of 400")
+    assert S.wilson_interval(blocked, runs, 0.99)[0] <= ALPHA

@@ -58,17 +58,21 @@ def task_message(cell: str, st: TaskStats, td: TaskDecision, policy: GatePolicy)
     elif td.sequential is not None:
         s = td.sequential
         looks = len(s.design.looks)
-        if s.verdict in ("PASS", "FAIL"):
-            side, bound = ("above", s.boundary) if s.verdict == "PASS" else ("below", s.fail_boundary)
+        if s.verdict == "PASS":
             why = (f"stopped at group-sequential look {s.look}/{looks} (n={s.n} of {s.design.max_n}): "
-                   f"z={s.z:.2f} {side} the {s.design.spending} boundary {bound:+.2f} ({level})")
+                   f"z={s.z:.2f} above the {s.design.spending} boundary {s.boundary:+.2f} ({level})")
+        elif s.verdict == "FAIL":  # FAIL spends the unadjusted alpha, O'Brien-Fleming (qeval.gate.rules.task_rule)
+            why = (f"stopped at group-sequential look {s.look}/{looks} (n={s.n} of {s.design.max_n}): "
+                   f"z={s.z:.2f} below the FAIL boundary {s.fail_boundary:+.2f} (O'Brien-Fleming spending of "
+                   "the unadjusted alpha)")
         elif s.verdict == "CONTINUE":
             why = (f"not settled: look {s.look}/{looks} reached (n={td.n} of {s.design.max_n} planned), z={s.z:.2f} "
                    f"between the boundaries {s.fail_boundary:+.2f} and {s.boundary:+.2f}; the run stopped here "
                    "(budget, or another rule of the cell failed)")
         else:
-            why = (f"not settled at the final look {s.look}/{looks} (n={s.n}): z={s.z:.2f} below the "
-                   f"{s.design.spending} boundary {s.boundary:+.2f} ({level})")
+            why = (f"not settled at the final look {s.look}/{looks} (n={s.n}): z={s.z:.2f} between the FAIL "
+                   f"boundary {s.fail_boundary:+.2f} and the {s.design.spending} PASS boundary {s.boundary:+.2f} "
+                   f"({level})")
     elif td.anytime is not None:
         a = td.anytime
         if a.verdict == "PASS":

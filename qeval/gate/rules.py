@@ -133,7 +133,10 @@ def task_rule(policy: GatePolicy, st: TaskStats, *, level: float, multiplier: fl
     if mode == "group-sequential":
         method = "score" if ni.method == "score" else "normal"
         design = _design(ev, level, spending)
-        fail_design = _design(ev, policy.alpha, spending)
+        # FAIL spends its (unadjusted) alpha the O'Brien-Fleming way whatever PASS spends: Pocock's flat
+        # boundaries stop a clear PASS at look 2, but on the FAIL side they would raise the last look's
+        # boundary (2.04 vs 1.72 at 4 looks, alpha 0.05), so a regression the fixed test blocks would stay open.
+        fail_design = _design(ev, policy.alpha, "obrien-fleming")
         seq = stats.sequential_noninferiority(bo, co, st.margin_units, design, method=method, power=policy.power,
                                               fail_design=fail_design)
         verdict = "INCONCLUSIVE" if seq.verdict == "CONTINUE" else seq.verdict
