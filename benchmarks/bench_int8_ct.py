@@ -10,7 +10,10 @@ One run, SmolLM2-135M, the default calibration set (bigbench-mixed), held-out te
 4. Speed: scoring the same token sequences (`loglikelihood`, what lm-eval costs) on hf fake-quant, on vllm
    int8 and on vllm bf16, alternating `--rounds` times, median seconds.
 
-    PYTHONPATH=. python benchmarks/bench_int8_ct.py [--tokens 512] [--seqs 32] [--rounds 3]
+    PYTHONPATH=. python benchmarks/bench_int8_ct.py [--tokens 512] [--seqs 32] [--rounds 3] [--device cuda]
+
+On a GPU (`--device cuda`: hf models on the GPU, vLLM on its CUDA kernels) the same comparison answers
+issue 18's GPU question: CUTLASS INT8 from the export against the hf fake-quant of the same recipe.
 
 Needs the `if __name__ == "__main__"` guard (vLLM starts its engine with spawn). Prints JSON.
 """
@@ -34,7 +37,8 @@ def _kl(p: torch.Tensor, q: torch.Tensor) -> float:
 
 def _logprobs(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
     with torch.inference_mode():
-        return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, :-1].float()
+        return torch.log_softmax(logits, -1).cpu()
 
 
 def main() -> None:
@@ -52,6 +56,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--seqs", type=int, default=32, help="sequences scored per speed round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="where the hf models run: cpu, or cuda on a GPU machine")
     args = ap.parse_args()
     model_dir = ensure_model()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -63,24 +68,25 @@ def main() -> None:
     def loop(m: torch.nn.Module) -> None:
         with torch.inference_mode():
             for s in cal.calibration:
-                m(input_ids=torch.tensor([s]))
+                m(input_ids=torch.tensor([s], device=m.device))
 
-    model = load_hf_model(model_dir, "bfloat16", device="cpu")
+    model = load_hf_model(model_dir, "bfloat16", device=args.device)
     baseline = _logprobs(model, text)
     t0 = time.perf_counter()
     mtq.quantize(model, precisions.modelopt_config("int8_sq"), loop)
-    out: dict = {"cpu": torch.backends.cpu.get_cpu_capability(), "amx": torch.cpu._is_amx_tile_supported(),
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
+    out: dict = {"cpu": torch.backends.cpu.get_cpu_capability(), "amx": torch.cpu._is_amx_tile_supported(), "gpu": gpu,
                  "quantize_s": round(time.perf_counter() - t0, 1), "tokens": len(text)}
     simulated = _logprobs(model, text)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "ct"
         folder.mkdir()
         t0 = time.perf_counter()
-        out["export"] = export_ct.export(model, load_hf_model(model_dir, "bfloat16", device="cpu"), folder, tok,
+        out["export"] = export_ct.export(model, load_hf_model(model_dir, "bfloat16", device=args.device), folder, tok,
                                          loop)
         out["export_s"] = round(time.perf_counter() - t0, 1)
         # hf simulation's speed: the cell's model (unfolded) is what the hf backend runs; re-quantize a copy.
-        sim_model = load_hf_model(model_dir, "bfloat16", device="cpu")
+        sim_model = load_hf_model(model_dir, "bfloat16", device=args.device)
         mtq.quantize(sim_model, precisions.modelopt_config("int8_sq"), loop)
         mtq.fold_weight(sim_model)  # as qeval.quantize.quantize_simulated does
         hf_sim = HFBackend(sim_model, tok, precision="int8_sq", simulated=True, max_length=2048)

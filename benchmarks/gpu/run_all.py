@@ -17,6 +17,11 @@ step cut by the budget leaves its finished parts on disk):
              `vllm serve --load-format dummy` of the Llama-3.1-8B shape, c16 and
              c64 (not run anywhere yet: an 8B dummy server does not fit this
              CPU machine).
+5. int8ct     only with `--steps ...,int8ct`: benchmarks/bench_int8_ct.py --device cuda (issue 18 on the
+             GPU: the compressed-tensors INT8 export on CUTLASS against the hf fake-quant of the same
+             recipe, KL on 4,096 held-out tokens and scoring speed; ~2 min).
+6. engines   only with `--steps ...,engines`: benchmarks/bench_engines.py --skip-consistency (issue 22:
+             items/s of qeval's vLLM adapter against lm-eval's own `vllm` model on one task, same run).
 
 State lives in /tmp/qeval-run-all (kept while the machine stays warm): a
 done-marker per step (`<step>.done`), the seconds each step has used
@@ -54,13 +59,13 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 STATE = Path(os.environ.get("QEVAL_RUN_ALL_STATE", "/tmp/qeval-run-all"))
 OUT = Path(os.environ.get("OUT") or "/tmp/qeval-gpu-out")
-STEPS = ("speed", "fidelity", "quality", "fidelity8b")
+STEPS = ("speed", "fidelity", "quality", "fidelity8b", "int8ct", "engines")
 DEFAULT_STEPS = ("speed", "fidelity", "quality")  # fidelity8b (c16/c64 on the 8B shape) only when asked
 # Seconds per step over all calls: together about 21 min of GPU time (a fresh machine's first vLLM start
 # spends ~2 min in kernel JIT; an 8B engine start with torch.compile and CUDA graphs ~1-2 min per precision,
 # then ~45 s of probing: 5 cells ~ 10 min). The quality suite needs ~15 min from scratch (RESULTS.md: its cells
 # took 800 s before KL on vllm was added): its cap gets what is left, and it resumes in a later session.
-DEFAULT_CAPS = {"speed": 660, "fidelity": 300, "quality": 300, "fidelity8b": 300}
+DEFAULT_CAPS = {"speed": 660, "fidelity": 300, "quality": 300, "fidelity8b": 300, "int8ct": 240, "engines": 300}
 SUITES = {"speed": "suites/gpu/speed-8b.yaml", "quality": "suites/gpu/smoke.yaml"}
 MIN_STEP_S = 45
 JIT_DIRS = {"TRITON_CACHE_DIR": ".triton/cache", "VLLM_CACHE_ROOT": ".cache/vllm"}
@@ -133,12 +138,18 @@ def step_command(step: str, seconds: int) -> tuple[list[str], dict[str, str]]:
         return [sys.executable, "-u", str(REPO / "benchmarks" / "bench_latency_fidelity.py"), "--speed-shape",
                 "llama-3.1-8b", "--out", str(out), "--input-len", "256", "--output-len", "64", "--num-prompts", "128",
                 "--warmups", "4", "--concurrency", "16", "64", "--rounds", "2"], env
+    if step == "int8ct":  # issue 18 on the GPU: CUTLASS INT8 from the export vs the hf fake-quant, KL and speed
+        return [sys.executable, "-u", str(REPO / "benchmarks" / "bench_int8_ct.py"), "--device", "cuda",
+                "--tokens", "4096", "--seqs", "64"], env
+    if step == "engines":  # issue 22: items/s of qeval's vLLM adapter against lm-eval's own `vllm` model, same run
+        return [sys.executable, "-u", str(REPO / "benchmarks" / "bench_engines.py"), "--skip-consistency",
+                "--speed-limit", "1000"], env
     return qeval_cmd(step), env
 
 
 def finished(step: str, rc: int) -> bool:
     """qeval's exit codes 0/1/3 all mean the run finished and its report is written; 2 is bad input."""
-    if step.startswith("fidelity"):
+    if step.startswith("fidelity") or step in ("int8ct", "engines"):
         return rc == 0
     return rc in (0, 1, 3)
 
