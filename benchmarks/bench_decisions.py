@@ -15,6 +15,7 @@ Usage: python benchmarks/bench_decisions.py [--runs 2000] [--modes fixed,group-s
 from __future__ import annotations
 
 import argparse
+import math
 import time
 import zlib
 
@@ -36,8 +37,12 @@ def main() -> None:
     parser.add_argument("--looks", type=int, default=5, help="group-sequential looks per task")
     parser.add_argument("--spending", default="obrien-fleming", choices=("obrien-fleming", "pocock"))
     args = parser.parse_args()
-    n = stats.required_n(M, flip_rate=F, alpha=ALPHA / CELLS, power=0.8 ** (1 / 3)).n
-    print(f"planned n per task: {n} (power 0.8 per cell of 3 tasks at alpha/{CELLS}); runs per row: {args.runs}")
+    # What `qeval plan` says: the score test's fixed n, times the group-sequential design's inflation.
+    fixed_n = stats.required_n(M, flip_rate=F, alpha=ALPHA / CELLS, power=0.8 ** (1 / 3), method="score").n
+    inflation = stats.inflation_factor(args.looks, ALPHA / CELLS, 0.8 ** (1 / 3), args.spending)
+    print(f"planned n per task: {fixed_n} fixed, {math.ceil(fixed_n * inflation)} group-sequential ({args.spending}, "
+          f"{args.looks} looks: inflation {inflation:.3f}); power 0.8 per cell of 3 tasks at alpha/{CELLS}; "
+          f"runs per row: {args.runs}")
     scenarios = {
         "at the margin": [CellTruth(f"c{i}", (TaskTruth(-M, F), TaskTruth(0.0, F), TaskTruth(0.0, F)))
                           for i in range(CELLS)],
@@ -54,11 +59,12 @@ def main() -> None:
             for name, cells in scenarios.items():
                 runs = args.runs if name != "clear regression" else max(50, args.runs // 10)
                 t0 = time.perf_counter()
+                n = math.ceil(fixed_n * inflation) if mode == "group-sequential" else fixed_n
                 sim = simulate_runs(cells, policy, mode=mode, planned_n=n, runs=runs, seed=zlib.crc32(name.encode()),
                                     look_size=args.look_size, looks=args.looks, spending=args.spending)
                 lo, hi = sim.any_ship_ci()
                 per_cell = float(np.mean(list(sim.ship_rate.values())))
-                used = float(np.mean(list(sim.mean_items.values()))) / sim.planned_items
+                used = float(np.mean(list(sim.mean_items.values()))) / (fixed_n * 3)  # of the fixed design's n
                 label = f"{mode} ({args.spending}, {args.looks} looks)" if mode == "group-sequential" else mode
                 print(f"| {label} | {correction} | {name} | {sim.any_ship / runs:.4f} / {per_cell:.4f} | "
                       f"[{lo:.4f}, {hi:.4f}] | {used:.2f} | {time.perf_counter() - t0:.0f} |", flush=True)

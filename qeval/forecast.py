@@ -2,7 +2,9 @@
 
 Per task: the paired samples that give each cell the suite's power at its margin and at
 the cell's level in the family (alpha over the planned cells; within a cell every task
-must pass, so each task is planned for power^(1/tasks)), at an assumed flip rate — given,
+must pass, so each task is planned for power^(1/tasks)) with the test the gate runs on 0/1
+scores (Tango's score test), times the group-sequential design's inflation factor (its maximum n
+over the fixed n for the same power: `stats.inflation_factor`), at an assumed flip rate — given,
 or measured on a small pilot look of the baseline and the first candidate on hf — whether
 the task has that many documents, and the projected cost (items x seconds per item,
 measured on the pilot, or given).
@@ -10,6 +12,7 @@ measured on the pilot, or given).
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -45,6 +48,8 @@ class Forecast:
     candidate_cells: int
     backends: tuple[str, ...]
     mode: str
+    design: str = ""  # the group-sequential design the inflation is for ("pocock, 4 looks")
+    inflation: float = 1.0
 
     def items_per_cell(self, which: str = "planned") -> int:
         return sum(min(t.required_n, t.documents) if which == "required" else t.planned_n for t in self.tasks)
@@ -71,6 +76,11 @@ def forecast(suite: Any, suite_path: Path, *, flip_rate: float | None = None, pi
     level = family.fixed_level()
     power = suite.gate.power ** (1 / len(suite.tasks))
     measured: dict[str, tuple[float, float]] = _pilot(suite, suite_path, plans, pilot) if pilot else {}
+    # Equally spaced looks (an explicit list of sizes is planned as that many equal looks: close enough for a plan).
+    sampling = suite.sampling
+    n_looks = len(sampling.looks) if isinstance(sampling.looks, list) else sampling.looks
+    design = f"{sampling.spending}, {n_looks} looks" if sampling.mode == "group-sequential" else ""
+    inflation = stats.inflation_factor(n_looks, level, power, sampling.spending) if design else 1.0
     out = []
     for task in suite.tasks:
         plan, sem = plans[task.name], semantics[task.name]
@@ -80,7 +90,9 @@ def forecast(suite: Any, suite_path: Path, *, flip_rate: float | None = None, pi
             (flip_rate, "given") if flip_rate is not None else (0.1, "assumed 10%"))
         if task.name in measured:
             f = max(f, 1.0 / (2 * pilot))  # no flip seen in a pilot is not a flip rate of zero
-        need = stats.required_n(margin_units, flip_rate=min(max(f, margin_units), 1.0), alpha=level, power=power).n
+        fixed_n = stats.required_n(margin_units, flip_rate=min(max(f, margin_units), 1.0), alpha=level, power=power,
+                                   method="score").n
+        need = math.ceil(fixed_n * inflation)
         spi = measured[task.name][1] if task.name in measured else seconds_per_item
         out.append(TaskForecast(task=task.name, metric=task.metric, margin_pts=suite.gate.margin_for(task.name),
                                 flip_rate=f, flip_source=source, required_n=need, documents=plan.n_docs,
@@ -88,7 +100,7 @@ def forecast(suite: Any, suite_path: Path, *, flip_rate: float | None = None, pi
                                 seconds_per_item=spi))
     return Forecast(suite=suite.name, cells=family.size, level=level, task_power=power, tasks=tuple(out),
                     candidate_cells=len(suite.candidates) * len(suite.backends), backends=tuple(suite.backends),
-                    mode=suite.sampling.mode)
+                    mode=suite.sampling.mode, design=design, inflation=inflation)
 
 
 def _pilot(suite: Any, suite_path: Path, plans: dict, n: int) -> dict[str, tuple[float, float]]:
@@ -127,6 +139,8 @@ def render(fc: Forecast) -> str:
     """The table `qeval plan` prints."""
     lines = [f"qeval plan: {fc.suite} ({fc.mode} sampling) — {fc.cells} planned cells, each at level "
              f"{fc.level:.4g}; SHIP needs every task, so each is planned for power {fc.task_power:.3f}",
+             *([f"n needed: the fixed-n plan of the score test times {fc.inflation:.3f}, the inflation of the "
+                f"group-sequential design ({fc.design}) for the same power"] if fc.design else []),
              "",
              "| task | margin | flip rate | n needed | documents | this suite | enough | s/item |",
              "|---|---|---|---|---|---|---|---|"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,28 @@ def test_plan_takes_the_same_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert "items per cell: 50 as the suite stands" in out
     assert main(["plan", "--candidates", "fp8", "--tasks", "bigbench_mc_physics", "--limit", "0"]) == 2
     assert "--limit" in _one_error(capsys.readouterr().err)
+
+
+def test_plan_of_the_smoke_suite_is_stats_required_n_times_the_designs_inflation(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`qeval plan` answers with the fixed-n plan of the test the gate runs (the score test on 0/1 scores) at the
+    cell's level and per-task power, times the group-sequential design's inflation factor."""
+    from pathlib import Path
+
+    import yaml
+
+    from qeval import stats
+
+    path = Path(__file__).resolve().parents[1] / "qeval" / "suites" / "smoke.yaml"
+    spec = yaml.safe_load(path.read_text())
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    cells, tasks = len(spec["candidates"]) * len(spec["backends"]), len(spec["tasks"])
+    level, power = spec["gate"]["alpha"] / cells, 0.8 ** (1 / tasks)
+    sampling = spec["sampling"]
+    r = stats.inflation_factor(sampling["looks"], level, power, sampling["spending"])
+    n = math.ceil(stats.required_n(spec["gate"]["margin"] / 100, flip_rate=0.1, alpha=level, power=power,
+                                   method="score").n * r)
+    for task in spec["tasks"]:
+        assert f"| {task['name']} | 5 pts | 10.0% (assumed 10%) | {n:,} |" in out, out
+    assert f"times {r:.3f}" in out and f"{sampling['spending']}, {sampling['looks']} looks" in out

@@ -430,3 +430,28 @@ def test_bootstrap_pvalue_inverts_the_bootstrap_bound(method: str) -> None:
     # Extreme levels saturate instead of producing NaN.
     lo, hi = S._bootstrap_bounds(theta, boot, accel, 0.0, 1.0, method)
     assert np.isfinite(lo[0]) and np.isfinite(hi[0])
+
+
+def test_crossing_probability_spends_alpha_and_matches_monte_carlo_under_drift() -> None:
+    design = S.group_sequential_design(400, 4, alpha=0.05, spending="pocock")
+    assert S.crossing_probability(design.info, design.upper, 0.0) == pytest.approx(0.05, abs=1e-6)
+    rng = np.random.default_rng(1)
+    t = np.array(design.info)
+    drift = 2.5
+    steps = rng.normal(size=(400_000, t.size)) * np.sqrt(np.diff(np.r_[0, t])) + drift * np.diff(np.r_[0, t])
+    z = np.cumsum(steps, axis=1) / np.sqrt(t)
+    mc = (z > np.array(design.upper)).any(axis=1).mean()
+    assert S.crossing_probability(design.info, design.upper, drift) == pytest.approx(mc, abs=3e-3)
+
+
+def test_inflation_factors_are_jennison_and_turnbulls() -> None:
+    """Max n over fixed n for the same power (one-sided 0.025, power 0.8; Jennison & Turnbull 2000, Tables
+    2.3-2.4 and 7.x: about 1.02 for O'Brien-Fleming-type and 1.2 for Pocock-type spending at 4 looks)."""
+    assert S.inflation_factor(1, 0.025, 0.8) == 1.0
+    assert 1.01 < S.inflation_factor(4, 0.025, 0.8, "obrien-fleming") < 1.03
+    assert 1.17 < S.inflation_factor(4, 0.025, 0.8, "pocock") < 1.23
+    # The inflated maximum n gives the planned power: check with the design's own crossing probability.
+    r = S.inflation_factor(4, 0.01, 0.9, "pocock")
+    design = S.group_sequential_design(1000, 4, alpha=0.01, spending="pocock")
+    drift = (sps.norm.ppf(0.99) + sps.norm.ppf(0.9)) * math.sqrt(r)
+    assert S.crossing_probability(design.info, design.upper, drift) == pytest.approx(0.9, abs=1e-4)

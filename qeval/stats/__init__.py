@@ -115,7 +115,9 @@ from qeval.stats.sequential import (  # noqa: F401
     SequentialDecision,
     _sequential_outcome,
     _upper_boundaries,
+    crossing_probability,
     group_sequential_design,
+    inflation_factor,
     sequential_noninferiority,
     spending_function,
 )
@@ -169,6 +171,8 @@ __all__ = [
     'bh_adjust',
     'clustered_se',
     'group_sequential_design',
+    'crossing_probability',
+    'inflation_factor',
     'holm_adjust',
     'is_binary',
     'mcnemar_exact',

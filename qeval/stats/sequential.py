@@ -93,6 +93,53 @@ def _upper_boundaries(info: tuple[float, ...], alpha: float, spending: str) -> t
     return tuple(bounds)
 
 
+def crossing_probability(info: Sequence[float], upper: Sequence[float], drift: float) -> float:
+    """Chance that Z crosses an upper boundary at some look when E[Z at full information] = `drift`.
+
+    The recursion of `_upper_boundaries` with the boundaries given and a drift: W(t) = Z(t) sqrt(t) is
+    Brownian motion with mean drift * t. drift 0 gives the alpha the boundaries spend; the drift of an
+    alternative gives the design's power (the non-binding FAIL boundary ignored: an upper bound on power).
+    """
+    prob, prev_t = 0.0, 0.0
+    grid = weights = density = None
+    for t, z_bound in zip(info, upper):
+        dt, b = t - prev_t, z_bound * math.sqrt(t)
+        sd, shift = math.sqrt(dt), drift * dt
+        if grid is None:
+            prob += float(sps.norm.sf((b - shift) / sd)) if math.isfinite(b) else 0.0
+        elif math.isfinite(b):
+            prob += float(np.sum(weights * density * sps.norm.sf((b - grid - shift) / sd)))
+        top = min(b, drift * t + 10.0)
+        new_grid = np.linspace(drift * t - 10.0, top, 2001)
+        h = new_grid[1] - new_grid[0]
+        simpson = np.ones(new_grid.size)
+        simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
+        simpson *= h / 3
+        if grid is None:
+            new_density = sps.norm.pdf((new_grid - shift) / sd) / sd
+        else:
+            kernel = np.exp(-0.5 * ((new_grid[:, None] - grid[None, :] - shift) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+            new_density = kernel @ (weights * density)
+        grid, weights, density, prev_t = new_grid, simpson, new_density, t
+    return prob
+
+
+@lru_cache(maxsize=64)
+def inflation_factor(looks: int, alpha: float, power: float, spending: str = "obrien-fleming") -> float:
+    """Maximum n of an equally spaced `looks`-look design over the fixed-n plan for the same power.
+
+    Solves crossing_probability(design, (z_{1-alpha} + z_power) sqrt(R)) = power for R (Jennison &
+    Turnbull 2000, ch. 2: R is about 1.02 for O'Brien-Fleming and 1.2 for Pocock at 4 looks).
+    """
+    if looks <= 1:
+        return 1.0
+    info = tuple((k + 1) / looks for k in range(looks))
+    upper = _upper_boundaries(info, float(alpha), spending)
+    drift = float(sps.norm.ppf(1 - alpha) + sps.norm.ppf(power))
+    return float(brentq(lambda r: crossing_probability(info, upper, drift * math.sqrt(r)) - power, 1.0, 4.0,
+                        xtol=1e-6))
+
+
 @dataclass(frozen=True)
 class GroupSequentialDesign:
     """Look schedule and boundaries of a group-sequential non-inferiority test.
