@@ -361,18 +361,8 @@ class HFBackend:
             past = out.past_key_values
             next_ids = out.logits[:, -1].float().argmax(dim=-1).cpu()
             for row, r in enumerate(requests):
-                if finish[row] is not None:
-                    continue
-                token_id = int(next_ids[row])
-                if token_id == self.eos_token_id:
-                    finish[row] = "eos"
-                    continue
-                generated[row].append(token_id)
-                texts[row] = self.tokenizer.decode(generated[row])
-                if r.stop and truncate_at_stop(texts[row], r.stop) != texts[row]:
-                    finish[row] = "stop"
-                elif len(generated[row]) >= r.max_tokens:
-                    finish[row] = "length"
+                if finish[row] is None:
+                    texts[row], finish[row] = self._advance(r, generated[row], int(next_ids[row]), texts[row])
             if all(f is not None for f in finish):
                 break
             step_ids = next_ids[:, None]  # a finished row decodes on unseen: its tokens are not kept
@@ -385,19 +375,26 @@ class HFBackend:
         out = []
         for r in requests:
             ids: list[int] = []
-            finish = "length"
+            finish: str | None = None
             text = ""
             for token_id, _ in self._decode(r):
-                if token_id == self.eos_token_id and not r.ignore_eos:
-                    finish = "eos"
+                text, finish = self._advance(r, ids, token_id, text)
+                if finish is not None:
                     break
-                ids.append(token_id)
-                text = self.tokenizer.decode(ids)
-                if r.stop and truncate_at_stop(text, r.stop) != text:
-                    finish = "stop"
-                    break
+            finish = finish or "length"
             out.append(Generation(truncate_at_stop(text, r.stop), len(ids) + (finish == "eos"), finish))
         return out
+
+    def _advance(self, r: GenerationRequest, ids: list[int], token_id: int, text: str) -> tuple[str, str | None]:
+        """One decoded token of a generation (batched or not): its text so far, and why it ends here, if it
+        does ("eos": the token is not kept; "stop": a stop string appeared; "length": the budget is spent)."""
+        if token_id == self.eos_token_id and not r.ignore_eos:
+            return text, "eos"
+        ids.append(token_id)
+        text = self.tokenizer.decode(ids)
+        if r.stop and truncate_at_stop(text, r.stop) != text:
+            return text, "stop"
+        return text, "length" if len(ids) >= r.max_tokens else None
 
     def generate(self, requests: list[GenerationRequest]) -> list[str]:
         return [g.text for g in self.generations(requests)]
