@@ -15,7 +15,6 @@ Usage: python benchmarks/bench_decisions.py [--runs 2000] [--modes fixed,group-s
 from __future__ import annotations
 
 import argparse
-import math
 import time
 import zlib
 
@@ -38,11 +37,12 @@ def main() -> None:
     parser.add_argument("--spending", default="obrien-fleming", choices=("obrien-fleming", "pocock"))
     args = parser.parse_args()
     # What `qeval plan` says: the score test's fixed n, times the group-sequential design's inflation.
-    fixed_n = stats.required_n(M, flip_rate=F, alpha=ALPHA / CELLS, power=0.8 ** (1 / 3), method="score").n
-    inflation = stats.inflation_factor(args.looks, ALPHA / CELLS, 0.8 ** (1 / 3), args.spending)
-    print(f"planned n per task: {fixed_n} fixed, {math.ceil(fixed_n * inflation)} group-sequential ({args.spending}, "
-          f"{args.looks} looks: inflation {inflation:.3f}); power 0.8 per cell of 3 tasks at alpha/{CELLS}; "
-          f"runs per row: {args.runs}")
+    plan = dict(flip_rate=F, alpha=ALPHA / CELLS, power=0.8 ** (1 / 3))
+    fixed_n = stats.planned_n(M, **plan)
+    sequential_n = stats.planned_n(M, **plan, looks=args.looks, spending=args.spending)
+    print(f"planned n per task: {fixed_n} fixed, {sequential_n} group-sequential ({args.spending}, "
+          f"{args.looks} looks: inflation {sequential_n / fixed_n:.3f}); power 0.8 per cell of 3 tasks at "
+          f"alpha/{CELLS}; runs per row: {args.runs}")
     scenarios = {
         "at the margin": [CellTruth(f"c{i}", (TaskTruth(-M, F), TaskTruth(0.0, F), TaskTruth(0.0, F)))
                           for i in range(CELLS)],
@@ -59,7 +59,7 @@ def main() -> None:
             for name, cells in scenarios.items():
                 runs = args.runs if name != "clear regression" else max(50, args.runs // 10)
                 t0 = time.perf_counter()
-                n = math.ceil(fixed_n * inflation) if mode == "group-sequential" else fixed_n
+                n = sequential_n if mode == "group-sequential" else fixed_n
                 sim = simulate_runs(cells, policy, mode=mode, planned_n=n, runs=runs, seed=zlib.crc32(name.encode()),
                                     look_size=args.look_size, looks=args.looks, spending=args.spending)
                 lo, hi = sim.any_ship_ci()

@@ -12,7 +12,6 @@ measured on the pilot, or given).
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -90,9 +89,8 @@ def forecast(suite: Any, suite_path: Path, *, flip_rate: float | None = None, pi
             (flip_rate, "given") if flip_rate is not None else (0.1, "assumed 10%"))
         if task.name in measured:
             f = max(f, 1.0 / (2 * pilot))  # no flip seen in a pilot is not a flip rate of zero
-        fixed_n = stats.required_n(margin_units, flip_rate=min(max(f, margin_units), 1.0), alpha=level, power=power,
-                                   method="score").n
-        need = math.ceil(fixed_n * inflation)
+        need = stats.planned_n(margin_units, flip_rate=min(max(f, margin_units), 1.0), alpha=level, power=power,
+                               looks=n_looks if design else 1, spending=sampling.spending)
         spi = measured[task.name][1] if task.name in measured else seconds_per_item
         out.append(TaskForecast(task=task.name, metric=task.metric, margin_pts=suite.gate.margin_for(task.name),
                                 flip_rate=f, flip_source=source, required_n=need, documents=plan.n_docs,

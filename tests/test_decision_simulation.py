@@ -29,9 +29,7 @@ GOOD = [CellTruth(f"c{i}", (TaskTruth(0.0, F),) * 3) for i in range(CELLS)]
 def planned_n(looks: int = 1) -> int:
     """The per-task n that gives the cell power 0.8 (each of its 3 tasks at 0.8^(1/3), at alpha / cells) with the
     test the gate runs on 0/1 scores, times the group-sequential design's inflation: what `qeval plan` says."""
-    power = 0.8 ** (1 / 3)
-    fixed = S.required_n(M, flip_rate=F, alpha=ALPHA / CELLS, power=power, method="score").n
-    return math.ceil(fixed * S.inflation_factor(looks, ALPHA / CELLS, power))
+    return S.planned_n(M, flip_rate=F, alpha=ALPHA / CELLS, power=0.8 ** (1 / 3), looks=looks)
 
 
 def _upper(hits: int, runs: int) -> float:

@@ -314,15 +314,15 @@ def _matrix(run: RunEvidence, decisions: list[dict[str, Any]]) -> dict[str, Any]
         for be in run.suite.backends:
             d = by_key.get((cand, be))
             cell_id = f"{cand}-{be}"
+            label = _cell_label(run, cell_id, cand, be)
             entries.append({"backend": be, "cell_id": cell_id, "verdict": d["verdict"] if d else "NOT RUN",
-                            "label": _cell_label(run, cell_id, cand, be),
-                            "summary": d["summary"] if d else _no_decision_summary(run, cell_id, cand, be)})
+                            "label": label, "summary": d["summary"] if d else _no_decision_summary(label, cand, be)})
         rows.append({"candidate": cand, "cells": entries})
     return {"baseline": run.suite.baseline, "backends": list(run.suite.backends), "rows": rows}
 
 
-def _no_decision_summary(run: RunEvidence, cell_id: str, cand: str, be: str) -> str:
-    if _cell_label(run, cell_id, cand, be) == UNFINISHED_LABEL:
+def _no_decision_summary(label: str, cand: str, be: str) -> str:
+    if label == UNFINISHED_LABEL:
         return f"{cand} on {be}: unfinished (the run stopped inside this cell; resume the run to judge it)"
     return f"{cand} on {be}: not run (no results)"
 

@@ -118,6 +118,7 @@ from qeval.stats.sequential import (  # noqa: F401
     crossing_probability,
     group_sequential_design,
     inflation_factor,
+    planned_n,
     sequential_noninferiority,
     spending_function,
 )
@@ -173,6 +174,7 @@ __all__ = [
     'group_sequential_design',
     'crossing_probability',
     'inflation_factor',
+    'planned_n',
     'holm_adjust',
     'is_binary',
     'mcnemar_exact',

@@ -44,83 +44,79 @@ def spending_function(t: np.ndarray | float, alpha: float, spending: Spending = 
     raise QevalError(f"unknown spending function {spending!r}.", fix="use obrien-fleming or pocock")
 
 
-@lru_cache(maxsize=256)
-def _upper_boundaries(info: tuple[float, ...], alpha: float, spending: str) -> tuple[float, ...]:
-    """Upper z boundaries so the chance of ever crossing under H0 spends alpha as planned.
+class _BrownianLooks:
+    """W(t) = Z(t) sqrt(t), Brownian motion with mean drift * t, followed look by look as its sub-density on
+    the continuation region: the recursive numerical integration of Armitage, McPherson & Rowe (1969),
+    Simpson's rule on a fine grid. Hand-written: scipy has no group-sequential design."""
 
-    Hand-written (scipy has no group-sequential design): the standard recursive
-    numerical integration of Armitage, McPherson & Rowe (1969) on the Brownian-motion
-    scale W(t) = Z sqrt(t), Simpson's rule on a fine grid. The FAIL boundary is not in
-    the recursion (non-binding), which can only lower the false-ship rate.
-    """
-    spent = spending_function(np.array(info), alpha, spending)  # type: ignore[arg-type]
-    increments = np.diff(np.concatenate([[0.0], spent]))
-    bounds: list[float] = []
-    grid = weights = density = None
-    prev_t = 0.0
-    lower_w = -10.0     # W(t) has variance t <= 1: 10 SD below zero holds no mass worth keeping
-    for t, pi in zip(info, increments):
-        dt = t - prev_t
-        sd = math.sqrt(dt)
-        if grid is None:
-            def cross(u: float) -> float:
-                return float(sps.norm.sf(u / sd))
-        else:
-            g, w, f = grid, weights, density
+    def __init__(self, drift: float = 0.0) -> None:
+        self.drift = drift
+        self.grid = self.weights = self.density = None
+        self.t = 0.0
 
-            def cross(u: float) -> float:
-                return float(np.sum(w * f * sps.norm.sf((u - g) / sd)))
-        if pi <= 1e-15:
-            u = math.inf
-        else:
-            available = cross(-20.0)
-            u = brentq(lambda x: cross(x) - pi, -20.0, 40.0, xtol=1e-12) if available > pi else -math.inf
-        bounds.append(u / math.sqrt(t))
-        # Sub-density of W(t) on the continuation region (-inf, u].
-        top = min(u, 10.0)
-        new_grid = np.linspace(lower_w, top, 2001)
+    def step_to(self, t: float) -> None:
+        """The next look is at information fraction t."""
+        self.sd, self.shift, self.next_t = math.sqrt(t - self.t), self.drift * (t - self.t), t
+
+    def cross(self, b: float) -> float:
+        """Probability of W crossing above b (W scale) at this look, not before."""
+        if self.grid is None:
+            return float(sps.norm.sf((b - self.shift) / self.sd))
+        return float(np.sum(self.weights * self.density * sps.norm.sf((b - self.grid - self.shift) / self.sd)))
+
+    def continue_below(self, b: float) -> None:
+        """Keep the paths still below b at this look (W(t) 10 SD from its mean holds no mass worth keeping)."""
+        mean, sd, shift = self.drift * self.next_t, self.sd, self.shift
+        new_grid = np.linspace(mean - 10.0, min(b, mean + 10.0), 2001)
         h = new_grid[1] - new_grid[0]
         simpson = np.ones(new_grid.size)
         simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
         simpson *= h / 3
-        if grid is None:
-            new_density = sps.norm.pdf(new_grid / sd) / sd
+        if self.grid is None:
+            new_density = sps.norm.pdf((new_grid - shift) / sd) / sd
         else:
             # np.exp directly: sps.norm.pdf's overhead dominates on a 2001 x 2001 kernel.
-            kernel = np.exp(-0.5 * ((new_grid[:, None] - grid[None, :]) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
-            new_density = kernel @ (weights * density)
-        grid, weights, density, prev_t = new_grid, simpson, new_density, t
+            kernel = np.exp(-0.5 * ((new_grid[:, None] - self.grid[None, :] - shift) / sd) ** 2) / (
+                sd * math.sqrt(2 * math.pi))
+            new_density = kernel @ (self.weights * self.density)
+        self.grid, self.weights, self.density, self.t = new_grid, simpson, new_density, self.next_t
+
+
+@lru_cache(maxsize=256)
+def _upper_boundaries(info: tuple[float, ...], alpha: float, spending: str) -> tuple[float, ...]:
+    """Upper z boundaries so the chance of ever crossing under H0 spends alpha as planned.
+
+    The FAIL boundary is not in the recursion (non-binding), which can only lower the false-ship rate.
+    """
+    spent = spending_function(np.array(info), alpha, spending)  # type: ignore[arg-type]
+    increments = np.diff(np.concatenate([[0.0], spent]))
+    bounds: list[float] = []
+    w = _BrownianLooks()
+    for t, pi in zip(info, increments):
+        w.step_to(t)
+        if pi <= 1e-15:
+            u = math.inf
+        else:
+            available = w.cross(-20.0)
+            u = brentq(lambda x: w.cross(x) - pi, -20.0, 40.0, xtol=1e-12) if available > pi else -math.inf
+        bounds.append(u / math.sqrt(t))
+        w.continue_below(u)
     return tuple(bounds)
 
 
 def crossing_probability(info: Sequence[float], upper: Sequence[float], drift: float) -> float:
     """Chance that Z crosses an upper boundary at some look when E[Z at full information] = `drift`.
 
-    The recursion of `_upper_boundaries` with the boundaries given and a drift: W(t) = Z(t) sqrt(t) is
-    Brownian motion with mean drift * t. drift 0 gives the alpha the boundaries spend; the drift of an
-    alternative gives the design's power (the non-binding FAIL boundary ignored: an upper bound on power).
+    drift 0 gives the alpha the boundaries spend; the drift of an alternative gives the design's power
+    (the non-binding FAIL boundary ignored: an upper bound on power).
     """
-    prob, prev_t = 0.0, 0.0
-    grid = weights = density = None
+    prob = 0.0
+    w = _BrownianLooks(drift)
     for t, z_bound in zip(info, upper):
-        dt, b = t - prev_t, z_bound * math.sqrt(t)
-        sd, shift = math.sqrt(dt), drift * dt
-        if grid is None:
-            prob += float(sps.norm.sf((b - shift) / sd)) if math.isfinite(b) else 0.0
-        elif math.isfinite(b):
-            prob += float(np.sum(weights * density * sps.norm.sf((b - grid - shift) / sd)))
-        top = min(b, drift * t + 10.0)
-        new_grid = np.linspace(drift * t - 10.0, top, 2001)
-        h = new_grid[1] - new_grid[0]
-        simpson = np.ones(new_grid.size)
-        simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
-        simpson *= h / 3
-        if grid is None:
-            new_density = sps.norm.pdf((new_grid - shift) / sd) / sd
-        else:
-            kernel = np.exp(-0.5 * ((new_grid[:, None] - grid[None, :] - shift) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
-            new_density = kernel @ (weights * density)
-        grid, weights, density, prev_t = new_grid, simpson, new_density, t
+        w.step_to(t)
+        b = z_bound * math.sqrt(t)
+        prob += w.cross(b) if math.isfinite(b) else 0.0
+        w.continue_below(b)
     return prob
 
 
@@ -138,6 +134,14 @@ def inflation_factor(looks: int, alpha: float, power: float, spending: str = "ob
     drift = float(sps.norm.ppf(1 - alpha) + sps.norm.ppf(power))
     return float(brentq(lambda r: crossing_probability(info, upper, drift * math.sqrt(r)) - power, 1.0, 4.0,
                         xtol=1e-6))
+
+
+def planned_n(margin: float, *, flip_rate: float, alpha: float, power: float, looks: int = 1,
+              spending: str = "obrien-fleming") -> int:
+    """The paired samples to plan for a 0/1 task: the fixed n of the test the gate runs on 0/1 scores
+    (Tango's score test) times the inflation factor of an equally spaced `looks`-look design."""
+    fixed = required_n(margin, flip_rate=flip_rate, alpha=alpha, power=power, method="score").n
+    return math.ceil(fixed * inflation_factor(looks, alpha, power, spending))
 
 
 @dataclass(frozen=True)
