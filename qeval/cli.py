@@ -67,10 +67,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise QevalError(f"{reports_dir} is not writable by this user", field="--reports-dir",
                          fix="pass a directory you can write to")
     run_dir = Path(args.resume) if resume else new_run_dir(reports_dir, suite)
+    from qeval.interrupts import recorded_ctrl_c
+
     try:
-        store = run_suite(suite, suite_path, run_dir, resume=resume,
-                          allow_changed=parse_allow_changed(args.allow_changed),
-                          suite_text=suite_text, overrides=overrides)
+        with recorded_ctrl_c():
+            store = run_suite(suite, suite_path, run_dir, resume=resume,
+                              allow_changed=parse_allow_changed(args.allow_changed),
+                              suite_text=suite_text, overrides=overrides)
     except KeyboardInterrupt:
         print(interrupted_message(run_dir), file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from qeval import sampling
+from qeval import interrupts, sampling
 from qeval.errors import QevalError
 from qeval.evaluate import MetricSemantics, lm_eval_task, metric_semantics, run_look
 
@@ -93,6 +93,7 @@ def save_progress(ctx: Any, cell_id: str, progress: dict[str, sampling.TaskProgr
 def evaluate_look(ctx: Any, cell_id: str, lm: Any, plan: sampling.TaskPlan, k: int,
                   timings: dict[str, float]) -> int:
     """Run look k of one task on `lm` and store its records (merged by doc_id: a repeated look replaces)."""
+    interrupts.stop_if_requested()  # a Ctrl-C swallowed since the last look stops the run here
     spec = next(t for t in ctx.suite.tasks if t.name == plan.task)
     docs = plan.docs_for_look(k)
     start = plan.looks[k - 1] if k > 0 else 0

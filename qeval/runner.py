@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
 
-from qeval import looks, sampling
+from qeval import interrupts, looks, sampling
 from qeval.backends.base import EngineUnavailable
 from qeval.cells import Cell, plan
 from qeval.errors import QevalError
@@ -409,6 +409,7 @@ def cell_done(ctx: Context, cell: Cell) -> bool:
 
 def run_cell(ctx: Context, cell: Cell) -> None:
     """Run every task of one cell; a failure marks the cell ERROR with its cause and returns."""
+    interrupts.stop_if_requested()
     # One process per cell: two resumes of one run dir must not compute or interleave the same cell.
     lock_path = ctx.store.root / "locks" / f"{cell.id}.lock"
     lock_path.parent.mkdir(exist_ok=True)
