@@ -18,34 +18,31 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import Field, PositiveInt, ValidationError
 
 from qeval.errors import QevalError
+from qeval.suite_fields import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BigbenchSource(_Strict):
+class BigbenchSource(Strict):
     kind: Literal["bigbench"]
     tasks: list[str] = Field(min_length=1, description="offline pack task names (bigbench_mc_*)")
 
 
-class FileSource(_Strict):
+class FileSource(Strict):
     kind: Literal["text", "jsonl"]
     path: str = Field(description="relative to the calibration set file")
     field: str = Field("text", description="the JSONL field holding the text")
 
 
-class HubSource(_Strict):
+class HubSource(Strict):
     kind: Literal["hub"]
     dataset: str = Field(description="a dataset hub name, e.g. cnn_dailymail or pile-val (needs the hub)")
     split: str = "train"
     field: str = "text"
 
 
-class CalibrationSpec(_Strict):
+class CalibrationSpec(Strict):
     name: str
     source: Annotated[Union[BigbenchSource, FileSource, HubSource], Field(discriminator="kind")]
     num_samples: PositiveInt = 32
@@ -68,7 +65,8 @@ def _builtin(name: str) -> Path:
 
 
 def load_spec(name_or_path: str) -> tuple[CalibrationSpec, Path]:
-    from qeval.suite import read_yaml, validation_error_to_qeval
+    from qeval.suite import read_yaml
+    from qeval.suite_fields import validation_error_to_qeval
 
     path = Path(name_or_path)
     if not path.exists():

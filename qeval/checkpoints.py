@@ -39,12 +39,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from qeval import precisions
 from qeval.checkpoint_formats import (FP8_E4M3_MAX, Format, NotQuantized, UnknownFormat, kernels, load_path,
                                       loaded_anywhere, read_format)
 from qeval.errors import QevalError
+from qeval.suite_fields import FieldProblem, Strict
 
 KIND = "external checkpoint"
 MANIFEST_KEY = "checkpoints"
@@ -58,10 +59,8 @@ ARCHITECTURE_FIELDS = ("model_type", "architectures", "hidden_size", "intermedia
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
 
-class CheckpointSpec(BaseModel):
+class CheckpointSpec(Strict):
     """A quantized Hugging Face folder (or hub id) that a candidate names."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="the candidate's name (a candidate names it); not a registered precision")
     path: str | None = Field(None, description="a local Hugging Face folder, relative to the suite file")
@@ -72,7 +71,6 @@ class CheckpointSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> "CheckpointSpec":
-        from qeval.suite import FieldProblem
 
         if (self.path is None) == (self.hub is None):
             raise FieldProblem(f"checkpoint {self.name!r} needs exactly one of path and hub",
@@ -219,7 +217,6 @@ def register(specs: list[CheckpointSpec]) -> None:
 
 def check_spec(spec: CheckpointSpec) -> None:
     """Checks that need only the registry (at suite validation)."""
-    from qeval.suite import FieldProblem
 
     existing = precisions.PRECISIONS.get(spec.name)
     if existing is not None and existing.external is None:

@@ -33,20 +33,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from qeval import precisions
 from qeval.errors import QevalError
+from qeval.suite_fields import FieldProblem, Strict
 
 # ModelOpt algorithm -> the knob qeval exposes for it (modelopt.torch.quantization.config:
 # SmoothQuantCalibConfig.alpha, AWQLiteCalibConfig.alpha_step).
 KNOBS = {"smoothquant_alpha": ("smoothquant", "alpha"), "awq_alpha_step": ("awq_lite", "alpha_step")}
 
 
-class RecipeSpec(BaseModel):
+class RecipeSpec(Strict):
     """A custom recipe: a registered base precision and the ModelOpt config edits that make it another one."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="the new precision's name (a candidate names it); not a registered precision")
     base: str = Field(description="the registered quantized precision it starts from, e.g. int8_sq")
@@ -76,7 +75,6 @@ def _algorithm_name(cfg: dict[str, Any]) -> str | None:
 
 def check_spec(spec: RecipeSpec) -> None:
     """Checks that need only the registry (run at suite validation). Raises ValueError with a `fix`."""
-    from qeval.suite import FieldProblem
 
     existing = precisions.PRECISIONS.get(spec.name)
     if existing is not None and not existing.custom and not existing.external:
@@ -179,8 +177,8 @@ def check_against_model(specs: list[RecipeSpec], model_dir: Path, suite_file: st
             precisions.check_compatible(spec.name, config, source=str(config_path))
         except QevalError as err:
             raise QevalError(err.problem, file=suite_file, field=f"recipes[{i}].block_size",
-                             fix=f"use a block size that divides every width listed (e.g. 64 or 32 for "
-                                 f"hidden 576), or drop block_size") from None
+                             fix="use a block size that divides every width listed (e.g. 64 or 32 for "
+                                 "hidden 576), or drop block_size") from None
 
 
 def definitions(specs: list[RecipeSpec]) -> list[dict[str, Any]]:

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 from qeval.backends.base import EngineUnavailable
 from qeval.cells import Cell, plan
 from qeval.errors import QevalError
+from qeval.suite_fields import FieldProblem
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,6 @@ def builtin_shapes() -> list[str]:
 
 def check_matrix(suite: Any) -> None:
     """What a speed-only suite may ask for (called by the suite's validator: raises ValueError with a fix)."""
-    from qeval.suite import FieldProblem
 
     bad = [b for b in suite.backends if b not in BACKENDS]
     if bad:

@@ -96,7 +96,7 @@ def _parse_set(text: str) -> tuple[str, Any]:
 
 def _model_source(value: str) -> str:
     """A built-in name as is; a folder by absolute path (the run's suite.yaml must not depend on the cwd)."""
-    from qeval.suite import BUILTIN_MODELS
+    from qeval.suite_sections import BUILTIN_MODELS
 
     return value if value in BUILTIN_MODELS else str(Path(value).expanduser().absolute())
 
@@ -146,7 +146,7 @@ def apply(base: dict[str, Any] | None, over: dict[str, Any], *, base_file: str |
     data = copy.deepcopy(base) if base is not None else {"name": DEFAULT_NAME}
     source = (data.get("model") or {}).get("source") if isinstance(data.get("model"), dict) else None
     if base_file is not None and isinstance(source, str) and "model.source" not in over:
-        from qeval.suite import BUILTIN_MODELS
+        from qeval.suite_sections import BUILTIN_MODELS
 
         if source not in BUILTIN_MODELS and not Path(source).is_absolute():
             # The run directory's suite.yaml must name the same folder from wherever it is read.
@@ -177,7 +177,8 @@ def apply(base: dict[str, Any] | None, over: dict[str, Any], *, base_file: str |
 def build(base: dict[str, Any] | None, flags: SuiteFlags, *, base_file: str | None) -> tuple[Any, dict[str, Any]]:
     """Validate the suite the flags describe: (Suite, the overrides). Bad flags raise one QevalError naming the
     flag (exit code 2)."""
-    from qeval.suite import Suite, validation_error_to_qeval
+    from qeval.suite import Suite
+    from qeval.suite_fields import validation_error_to_qeval
 
     over = overrides(flags, base)
     if base is None:
@@ -190,7 +191,7 @@ def build(base: dict[str, Any] | None, flags: SuiteFlags, *, base_file: str | No
     try:
         suite = Suite.model_validate(data)
     except ValidationError as err:
-        raise _blame_flag(validation_error_to_qeval(err, base_file or CLI_SOURCE), over, base_file) from None
+        raise _blame_flag(validation_error_to_qeval(err, base_file or CLI_SOURCE, Suite), over, base_file) from None
     return suite, over
 
 
