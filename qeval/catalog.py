@@ -77,8 +77,13 @@ def list_backends(machine: Machine) -> list[str]:
 
 def list_tasks(machine: Machine) -> list[str]:
     from qeval.assets import bigbench
+    from qeval.assets.download import NotServed
 
-    tasks = bigbench.index()["tasks"]  # pack.json: document counts and metrics, no data file read
+    try:
+        tasks = bigbench.index()["tasks"]  # pack.json: document counts and metrics, no data file read
+    except NotServed as err:  # the rest of `qeval list` still answers
+        return [f"offline BIG-bench pack: not available here: {err.problem}", f"  fix: {err.fix}",
+                "(a suite's own task_dirs, and lm-eval tasks where the dataset hub is reachable, still run)"]
     rows = []
     for name in bigbench.list_tasks():
         info = tasks[name]

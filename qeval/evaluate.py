@@ -18,9 +18,19 @@ from typing import Any, Sequence
 
 from qeval.errors import QevalError
 from qeval.harness import QevalLM
-from qeval.suite import Seeds, TaskSpec
+from qeval.suite_sections import Seeds, TaskSpec
 
 log = logging.getLogger(__name__)
+
+
+def _not_the_metadata_hint(record: logging.LogRecord) -> bool:
+    # lm-eval warns on every load of a `custom_dataset` task that kwargs "can be passed to `--metadata` in
+    # console": advice for lm-eval's own CLI, which a qeval user does not run (the task YAML's metadata is
+    # passed as it is). Dropped, so a suite's own task_dirs do not print it before each look.
+    return "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
+
+
+logging.getLogger("lm_eval.api.task").addFilter(_not_the_metadata_hint)
 
 # lm-eval metrics whose per-sample value is a fraction in [0, 1]: one unit is 100 points.
 UNIT_METRICS = {"acc", "acc_norm", "acc_mutual_info", "exact_match", "em", "f1", "mcc", "brier_score",

@@ -134,14 +134,10 @@ def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
     Every input a run needs is checked here, before anything heavy (the cheap checks first): bad input is
     exit code 2 in seconds, not after the baseline has been computed.
     """
-    from qeval.assets import bigbench, model as model_assets
+    from qeval.assets import bigbench
 
     check_server_port(suite, suite_path)
-    if suite.model.source in model_assets.BUILTIN:
-        model_dir = model_assets.ensure_model(suite.model.source)
-    else:
-        src = Path(suite.model.source)
-        model_dir = src if src.is_absolute() else (suite_path.parent / src).resolve()
+    model_dir = resolve_model_dir(suite, suite_path)
     from qeval.recipes import check_against_model
 
     # A recipe's own fields first: the message names the edit (recipes[i]...), not the candidate using it.
@@ -180,6 +176,16 @@ def check_server_port(suite: Suite, suite_path: Path) -> None:
                                                   "port unset and qeval takes a free one")
 
 
+def resolve_model_dir(suite: Suite, suite_path: Path) -> Path:
+    """The model folder: a built-in model (fetched on first use) or a path relative to the suite file."""
+    from qeval.assets import model as model_assets
+
+    if suite.model.source in model_assets.BUILTIN:
+        return model_assets.ensure_model(suite.model.source)
+    src = Path(suite.model.source)
+    return src if src.is_absolute() else (suite_path.parent / src).resolve()
+
+
 def check_quantization_inputs(suite: Suite, suite_path: Path, model_dir: Path) -> None:
     """Calibration set and recipe/model fit, checked up front for the cells that certainly quantize.
 
@@ -208,14 +214,14 @@ def check_quantization_inputs(suite: Suite, suite_path: Path, model_dir: Path) -
         raise QevalError("the suite quantizes candidates (hf backend) but names no calibration set",
                          file=str(suite_path), field="calibration",
                          fix="add e.g. `calibration: bigbench-mixed` (see calibration_sets/)")
-    check_calibration(suite.calibration, [t.name for t in suite.tasks], suite_file=str(suite_path))
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))  # readable JSON: checked by load_suite
-    for i, name in quantized_here:
+    for i, name in quantized_here:  # from config.json alone: before the calibration set is read
         try:
             precisions.check_compatible(name, config, source=str(config_path))
         except QevalError as err:
             raise QevalError(err.problem, file=str(suite_path), field=f"candidates[{i}]", fix=err.fix) from None
+    check_calibration(suite.calibration, [t.name for t in suite.tasks], suite_file=str(suite_path))
 
 
 def load_tokenizer(model_dir: Path, suite: Suite, suite_path: Path) -> Any:
@@ -304,10 +310,12 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
         check_resume(store, sha, suite_hash(suite_path) if suite_path.is_file() else None)
     # Assets and task names are checked before the run directory exists: bad input leaves nothing behind.
     t0 = time.perf_counter()
+    # The model folder first (seconds): a folder without weights or tokenizer is refused before the task pack
+    # or the calibration set is fetched or read, and before the run dir exists.
+    folder = resolve_model_dir(suite, suite_path)
+    weights_hash, tokenizer = model_hash(folder), load_tokenizer(folder, suite, suite_path)
     model_dir, task_manager = prepare_assets(suite, suite_path)
     prepare_seconds = round(time.perf_counter() - t0, 2)
-    weights_hash = model_hash(model_dir)  # a folder without weights is refused here, before the run dir exists
-    tokenizer = load_tokenizer(model_dir, suite, suite_path)
     cells = plan(suite)
     ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager,
                   model_hash=weights_hash)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 CALIB_SEQS, CALIB_LEN = 4, 64
+CALIBRATION = "local-text"  # a local file: the checkpoints do not need the BIG-bench archive
 
 
 def _loop(tokenizer: Any) -> Callable[[Any], None]:
@@ -23,7 +24,7 @@ def _loop(tokenizer: Any) -> Callable[[Any], None]:
 
     from qeval.calibration import load_calibration
 
-    cal = load_calibration("bigbench-mixed", [], tokenizer)
+    cal = load_calibration(CALIBRATION, [], tokenizer)
     seqs = [s[:CALIB_LEN] for s in cal.calibration[:CALIB_SEQS]]
 
     def loop(model: Any) -> None:
@@ -38,7 +39,7 @@ def _key(model_dir: Path, what: str) -> str:
     from qeval.assets.model import model_hash
 
     payload = {"test-checkpoint": what, "model": model_hash(model_dir), "versions": artifacts.tool_versions(),
-               "calibration": [CALIB_SEQS, CALIB_LEN]}
+               "calibration": [CALIBRATION, CALIB_SEQS, CALIB_LEN]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,18 +1,30 @@
-"""Multiple-choice loglikelihood requests from a real BIG-bench task, shared by the engine consistency tests."""
+"""Multiple-choice loglikelihood requests, shared by the engine consistency tests: the documents of the test task
+fixtures/tasks (qeval_addition_mc) (data the tests make, so these tests do not need the BIG-bench archive)."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 from qeval.backends.base import LoglikelihoodRequest
 
+TASKS = Path(__file__).parent / "fixtures" / "tasks"
+
+
+def fixture_docs() -> list[dict[str, Any]]:
+    """The test task's documents as lm-eval shows them: {input, choices, answer}."""
+    spec = importlib.util.spec_from_file_location("qeval_test_addition", TASKS / "arithmetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [{"input": f"Question: {d['question']}\nAnswer:", "choices": d["choices"], "answer": d["answer"]}
+            for d in module.docs()]
+
 
 def mc_requests(tokenizer: Any, n_docs: int) -> tuple[list[LoglikelihoodRequest], list[int]]:
-    """Multiple-choice requests from a real BIG-bench task, split as lm-eval splits them."""
-    from qeval.assets.bigbench import read_docs
-
+    """Multiple-choice requests from the test task (four choices each), split as lm-eval splits them."""
     requests, owners = [], []
-    for i, doc in enumerate(read_docs("bigbench_mc_social_iqa")[:n_docs]):
+    for i, doc in enumerate(fixture_docs()[:n_docs]):
         ctx = tokenizer(doc["input"], add_special_tokens=False)["input_ids"]
         for choice in doc["choices"]:
             whole = tokenizer(doc["input"] + " " + choice, add_special_tokens=False)["input_ids"]

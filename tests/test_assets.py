@@ -40,6 +40,7 @@ def test_model_hash_is_stable_and_sees_weight_changes(qeval_model_dir: Path, tmp
     assert model_hash(copy) != model_hash(qeval_model_dir)
 
 
+@pytest.mark.bigbench
 def test_task_pack_has_the_bigbench_mc_tasks(qeval_task_pack: Path) -> None:
     tasks = bigbench.list_tasks()
     assert len(tasks) >= 80
@@ -49,6 +50,7 @@ def test_task_pack_has_the_bigbench_mc_tasks(qeval_task_pack: Path) -> None:
     assert "bigbench_mc_physics" in manager.all_tasks
 
 
+@pytest.mark.bigbench
 def test_lm_eval_builds_docs_from_the_pack(qeval_task_pack: Path) -> None:
     from lm_eval.tasks import get_task_dict
 
@@ -59,6 +61,7 @@ def test_lm_eval_builds_docs_from_the_pack(qeval_task_pack: Path) -> None:
     choices = task.doc_to_choice(doc)
     assert len(choices) == 4 and 0 <= task.doc_to_target(doc) < len(choices)
     assert task.doc_to_text(doc).endswith("A:") and "choice: F = q * E" in task.doc_to_text(doc)
+    assert (qeval_task_pack / ".datasets-cache").is_dir()  # datasets' Arrow cache stays inside the pack
 
 
 def test_corrupt_download_is_rejected(tmp_path: Path) -> None:
@@ -70,6 +73,7 @@ def test_corrupt_download_is_rejected(tmp_path: Path) -> None:
     assert "sha256" in info.value.render() and "qeval fetch" in info.value.fix
 
 
+@pytest.mark.bigbench
 def test_unknown_and_hub_tasks_get_clear_messages(qeval_task_pack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     manager = bigbench.task_manager()
@@ -82,6 +86,7 @@ def test_unknown_and_hub_tasks_get_clear_messages(qeval_task_pack: Path, monkeyp
     bigbench.resolve_task("bigbench_mc_physics", manager)  # no error
 
 
+@pytest.mark.bigbench
 def test_second_fetch_rebuilds_nothing(qeval_model_dir: Path, qeval_task_pack: Path) -> None:
     from qeval.assets import fetch_all
     from qeval.assets.model import ASSET_FILE

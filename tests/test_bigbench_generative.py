@@ -69,6 +69,7 @@ def _bigbench_prompt(bb: dict[str, Any], task: dict[str, Any], example: dict[str
     return str(task.get("task_prefix", "")) + sample["input"]
 
 
+@pytest.mark.bigbench
 @pytest.mark.parametrize("name", SAMPLE_TASKS)
 def test_converted_examples_match_bigbench_json(bigbench_source: dict[str, Any], qeval_task_pack: Path,
                                                 name: str) -> None:
@@ -92,6 +93,7 @@ def _responses(targets: list[str]) -> list[str]:
             f"{t}", " -3.5", " 1e3", f" {t}0", " ?"]
 
 
+@pytest.mark.bigbench
 @pytest.mark.parametrize("name", SAMPLE_TASKS)
 def test_scores_match_bigbench_scoring(bigbench_source: dict[str, Any], qeval_task_pack: Path, name: str) -> None:
     """Our extract + metric == BIG-bench's postprocess_output + its metric, response by response."""
@@ -112,6 +114,7 @@ def test_scores_match_bigbench_scoring(bigbench_source: dict[str, Any], qeval_ta
     assert compared == len(rows) * 14 and matched > 0  # some responses are right, so both outcomes are checked
 
 
+@pytest.mark.bigbench
 def test_numeric_match_is_bigbench_s(bigbench_source: dict[str, Any]) -> None:
     fn = bigbench_source["numeric_match_with_0_1_relative_error_fn"]
     cases = [("10", "10"), ("10.9", "10"), ("11.1", "10"), ("-0.05", "0"), ("0.2", "0"), ("abc", "5"), ("5", "x"),
@@ -121,6 +124,7 @@ def test_numeric_match_is_bigbench_s(bigbench_source: dict[str, Any]) -> None:
         assert scoring.numeric_match(response, [target]) == theirs, (response, target)
 
 
+@pytest.mark.bigbench
 def test_pack_index_counts_and_subtasks(qeval_task_pack: Path) -> None:
     index = bigbench.index()
     counts = index["counts"]
@@ -141,6 +145,7 @@ def test_pack_index_counts_and_subtasks(qeval_task_pack: Path) -> None:
     assert {d["subtask"] for d in bigbench.read_docs("bigbench_mc_physics")} == {"physics"}
 
 
+@pytest.mark.bigbench
 def test_lm_eval_loads_generative_and_parent_tasks(qeval_task_pack: Path) -> None:
     from lm_eval.tasks import get_task_dict
 
@@ -156,6 +161,7 @@ def test_lm_eval_loads_generative_and_parent_tasks(qeval_task_pack: Path) -> Non
     assert sub.process_results(doc, [scoring.extract(" 109\nQ:", doc)]) == {"exact_str_match": 1.0}
 
 
+@pytest.mark.bigbench
 def test_bad_generative_inputs_name_the_field_and_fix(tmp_path: Path, qeval_task_pack: Path) -> None:
     from qeval.errors import QevalError
     from qeval.runner import prepare_assets

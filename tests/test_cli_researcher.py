@@ -20,16 +20,21 @@ from qeval.cli import interrupted_message, main
 from qeval.suite import Suite, load_suite, suite_identity
 
 TASK = "bigbench_mc_sentence_ambiguity"
-FLAGS = ["--candidates", "int8_wo", "--tasks", TASK, "--limit", "4", "--backends", "hf", "--margin", "5",
+# The flag-built run: a task of data the tests make and a local calibration file, so it needs no BIG-bench archive.
+TASK_DIRS = Path(__file__).parent / "fixtures" / "tasks"
+RUN_TASK = "qeval_addition_mc"
+FLAGS = ["--candidates", "int8_wo", "--tasks", RUN_TASK, "--limit", "4", "--backends", "hf", "--margin", "5",
+         "--calibration", "local-text", "--set", f"task_dirs=[{TASK_DIRS}]",
          "--set", "divergence.enabled=false", "--set", "latency.enabled=false", "--name", "flags"]
 # The same suite as FLAGS, written by hand as a researcher would (defaults left out).
 EQUIVALENT_YAML = f"""\
 name: flags
 candidates: [int8_wo]
 backends: [hf]
+task_dirs: [{TASK_DIRS}]
 tasks:
-  - {{name: {TASK}, limit: 4}}
-calibration: bigbench-mixed
+  - {{name: {RUN_TASK}, limit: 4}}
+calibration: local-text
 gate: {{margin: 5}}
 divergence: {{enabled: false}}
 latency: {{enabled: false}}
@@ -81,8 +86,9 @@ def test_a_flag_built_run_and_the_equivalent_yaml_are_one_suite(tmp_path: Path,
     assert written.divergence.enabled is False and written.gate.margin == 5
     assert manifest["suite"]["path"] == "command line"
     assert manifest["suite"]["overrides"] == {
-        "name": "flags", "candidates": ["int8_wo"], "backends": ["hf"], "tasks": [TASK], "tasks.limit": 4,
-        "gate.margin": 5.0, "divergence.enabled": False, "latency.enabled": False}
+        "name": "flags", "candidates": ["int8_wo"], "backends": ["hf"], "tasks": [RUN_TASK], "tasks.limit": 4,
+        "gate.margin": 5.0, "calibration": "local-text", "task_dirs": [str(TASK_DIRS)], "divergence.enabled": False,
+        "latency.enabled": False}
     # The hand-written YAML is the same suite: same identity, and resuming the flag run with it is accepted
     # (the resume compares identities) and recomputes nothing: the same records, the same decisions.
     yaml_file = tmp_path / "flags.yaml"
@@ -137,6 +143,7 @@ def test_bad_flags_get_one_message_and_exit_2(tmp_path: Path, capsys: pytest.Cap
     assert "fix:" in message and not (tmp_path / "reports").exists()  # refused before anything was written
 
 
+@pytest.mark.bigbench
 def test_list_says_what_runs_here(capsys: pytest.CaptureFixture[str]) -> None:
     arch = precisions.current_arch()
     assert main(["list", "precisions"]) == 0
@@ -200,7 +207,7 @@ def test_export_tables_and_plots_of_a_real_run(small_run_copy: Path, tmp_path: P
     else:
         assert {"quality_vs_speed.png", "quality_vs_speed.svg"} <= drawn
     assert (tmp_path / "plots" / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert TASK in (tmp_path / "plots" / "forest.svg").read_text()
+    assert RUN_TASK in (tmp_path / "plots" / "forest.svg").read_text()
 
 
 def test_parquet_without_pyarrow_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -235,6 +242,7 @@ def test_the_written_suite_round_trips() -> None:
 
 
 
+@pytest.mark.bigbench
 def test_plan_takes_the_same_flags(capsys: pytest.CaptureFixture[str]) -> None:
     """`qeval plan` before a flag-built run: the n it needs for the margin, from the same flags (no model runs)."""
     assert main(["plan", "--candidates", "fp8,int8_wo", "--tasks", "bigbench_mc_physics", "--limit", "50",
@@ -246,6 +254,7 @@ def test_plan_takes_the_same_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--limit" in _one_error(capsys.readouterr().err)
 
 
+@pytest.mark.bigbench
 def test_plan_of_the_smoke_suite_is_stats_required_n_times_the_designs_inflation(
         capsys: pytest.CaptureFixture[str]) -> None:
     """`qeval plan` answers with the fixed-n plan of the test the gate runs (the score test on 0/1 scores) at the

@@ -33,6 +33,7 @@ gate: {{margin: 5.0, max_kld_mean: 0.1}}
 GEN_FIELDS = {"response", "extracted", "target", "score", "generated_tokens", "stop_reason"}
 
 
+@pytest.mark.bigbench
 @pytest.mark.slow
 def test_a_suite_of_generative_tasks_runs_with_records_and_verdicts(tmp_path: Path, qeval_model_dir: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,6 +72,7 @@ def test_a_suite_of_generative_tasks_runs_with_records_and_verdicts(tmp_path: Pa
     assert "bigbench_gen_arithmetic" in (run_dir / "report.md").read_text()
 
 
+@pytest.mark.bigbench
 def test_sampled_repeats_draw_different_samples_and_cluster_by_item(qeval_model_dir: Path, qeval_tokenizer: Any,
                                                                     qeval_task_pack: Path, tmp_path: Path) -> None:
     from qeval.assets.bigbench import task_manager
@@ -78,7 +80,7 @@ def test_sampled_repeats_draw_different_samples_and_cluster_by_item(qeval_model_
     from qeval.evaluate import run_look
     from qeval.harness import QevalLM
     from qeval.stats import paired_delta
-    from qeval.suite import Seeds, TaskSpec
+    from qeval.suite_sections import Seeds, TaskSpec
 
     backend = HFBackend(load_hf_model(qeval_model_dir, "float32"), qeval_tokenizer)
     task = TaskSpec(name="bigbench_gen_simple_arithmetic_json_subtasks.one_digit", metric="exact_str_match",
@@ -137,7 +139,8 @@ def test_gsm8k_yaml_on_local_files_with_fewshot_and_chat_template(qeval_model_di
     from qeval.backends.hf import HFBackend, load_hf_model
     from qeval.evaluate import run_look
     from qeval.harness import QevalLM
-    from qeval.suite import Seeds, Suite, TaskSpec
+    from qeval.suite import Suite
+    from qeval.suite_sections import Seeds, TaskSpec
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     _gsm8k_local(tmp_path / "tasks")

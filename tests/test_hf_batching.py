@@ -45,7 +45,7 @@ def test_groups_take_shared_contexts_and_leave_the_rest() -> None:
 
 @pytest.mark.slow
 def test_packed_scores_equal_one_row_each_on_the_real_model(qeval_model_dir: Path, qeval_tokenizer: Any) -> None:
-    requests, owners = mc_requests(qeval_tokenizer, 12)  # BIG-bench social_iqa: three choices per question
+    requests, owners = mc_requests(qeval_tokenizer, 12)  # the test task: four choices per question
     model = load_hf_model(qeval_model_dir, "float32")
     plain = HFBackend(model, qeval_tokenizer, share_context=False).loglikelihood(requests)
     backend = HFBackend(model, qeval_tokenizer)
@@ -60,9 +60,9 @@ def test_packed_scores_equal_one_row_each_on_the_real_model(qeval_model_dir: Pat
 
 @pytest.mark.slow
 def test_batched_greedy_generation_equals_one_at_a_time(qeval_model_dir: Path, qeval_tokenizer: Any) -> None:
-    from qeval.assets.bigbench import read_docs
+    from mc_items import fixture_docs
 
-    docs = read_docs("bigbench_gen_arithmetic.1_digit_addition")[:10]
+    docs = fixture_docs()[:10]
     requests = [GenerationRequest(prompt=d["input"], max_tokens=12, stop=("\n",), temperature=0.0) for d in docs]
     requests.append(GenerationRequest(prompt=docs[0]["input"], max_tokens=2, stop=(), temperature=0.0))  # budget
     model = load_hf_model(qeval_model_dir, "float32")

@@ -42,7 +42,7 @@ def exported(qeval_model_dir: Path, qeval_tokenizer, tmp_path_factory):
     from qeval.backends.hf import load_hf_model
     from qeval.calibration import load_calibration
 
-    cal = load_calibration("bigbench-mixed", [], qeval_tokenizer)
+    cal = load_calibration("local-text", [], qeval_tokenizer)  # a local file: no BIG-bench archive needed
     seqs = [s[:CALIB_LEN] for s in cal.calibration[:CALIB_SEQS]]
     text = [t for s in cal.heldout for t in s][:TEXT_TOKENS]
 

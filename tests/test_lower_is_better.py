@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "qeval" / "suites" / "examples"
 
 
+@pytest.mark.bigbench
 def test_perplexity_task_direction_scores_and_clusters(qeval_model_dir: Path, qeval_tokenizer: Any,
                                                         qeval_task_pack: Path, tmp_path: Path) -> None:
     from qeval.assets.bigbench import suite_task_manager
@@ -21,7 +23,8 @@ def test_perplexity_task_direction_scores_and_clusters(qeval_model_dir: Path, qe
     from qeval.evaluate import lm_eval_task, metric_semantics, run_look
     from qeval.harness import QevalLM
     from qeval.store import RequestCache
-    from qeval.suite import Seeds, Suite, TaskSpec
+    from qeval.suite import Suite
+    from qeval.suite_sections import Seeds, TaskSpec
 
     spec = TaskSpec(name="fact_claims_ppl", metric="bits_per_byte", cluster="subtask")
     suite = Suite(name="lib", candidates=["int8_wo"], tasks=[spec], task_dirs=["tasks"])

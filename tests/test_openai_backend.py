@@ -325,7 +325,8 @@ def test_wrong_key_is_named_and_the_key_is_never_written(served: Server, tmp_pat
 name: served
 candidates: [fp8]
 backends: [openai]
-tasks: [{{name: bigbench_mc_social_iqa, limit: 12}}]
+task_dirs: [{Path(__file__).parent / "fixtures" / "tasks"}]
+tasks: [{{name: qeval_addition_mc, limit: 12}}]
 divergence: {{enabled: false}}
 latency: {{enabled: false}}
 server:
@@ -337,7 +338,7 @@ server:
     suite, _ = load_suite(suite_path)
     store = run_suite(suite, suite_path, run_dir)
     assert store.read_status("bf16-openai")["state"] == "ok"
-    assert len(store.read_samples("bf16-openai", "bigbench_mc_social_iqa")) == 12
+    assert len(store.read_samples("bf16-openai", "qeval_addition_mc")) == 12
     # fp8 has no endpoint: qeval would start `vllm serve`, which has no FP8 kernels on CPU: NOT RUN, with why.
     fp8 = store.read_status("fp8-openai")
     assert fp8["state"] == "not_run" and "GPU" in fp8["reason"], fp8

@@ -25,15 +25,16 @@ model: {source: smollm2-135m-instruct}
 baseline: bf16
 candidates: [int8_wo, w2_broken]
 backends: [hf]
+task_dirs: [TASK_DIRS]
 tasks:
-  - {name: bigbench_mc_social_iqa, limit: 16}
-calibration: bigbench-mixed
+  - {name: qeval_addition_mc, limit: 16}
+calibration: local-text
 divergence: {heldout_tokens: 128, task_prompts: 0}
 latency: {enabled: false}
 gate:
   margin: 0.5           # 16 items cannot prove a half-point margin: INCONCLUSIVE; the KLD rule decides
   max_kld_mean: 0.1
-"""
+""".replace("TASK_DIRS", str(Path(__file__).parent / "fixtures" / "tasks"))  # a task the tests make
 
 CONFTEST = '''
 import copy
@@ -82,7 +83,7 @@ def test_gate_rules_become_items_with_evidence(project: pytest.Pytester, report_
     assert "suites/check.yaml::int8_wo-hf::kld PASSED" in out
     assert "suites/check.yaml::w2_broken-hf::kld FAILED" in out
     # The accuracy rule cannot be decided on 16 items: INCONCLUSIVE -> xfail.
-    assert "suites/check.yaml::int8_wo-hf::bigbench_mc_social_iqa XFAIL" in out
+    assert "suites/check.yaml::int8_wo-hf::qeval_addition_mc XFAIL" in out
     # The failure shows the evidence: KL numbers with their interval, the limit, n.
     assert "w2_broken on hf: FAIL — mean KL(baseline||candidate)" in out and "max 0.1" in out and "128 tokens" in out
     assert "qeval gate" in out and "w2_broken-hf" in out and "BLOCK" in out  # terminal summary
@@ -107,13 +108,13 @@ def test_selection_stop_and_inconclusive_options(project: pytest.Pytester) -> No
     result = project.runpytest_subprocess("-m", "quality", "-x", "-v", "-k", "kld", "-p", "no:randomly")
     result.assert_outcomes(passed=1, failed=1)
 
-    result = project.runpytest_subprocess("-m", "quality", "-v", "-k", "bigbench", "--qeval-inconclusive=fail")
+    result = project.runpytest_subprocess("-m", "quality", "-v", "-k", "addition", "--qeval-inconclusive=fail")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "INCONCLUSIVE" in result.stdout.str()
-    result = project.runpytest_subprocess("-m", "quality", "-v", "-k", "int8_wo and bigbench",
+    result = project.runpytest_subprocess("-m", "quality", "-v", "-k", "int8_wo and addition",
                                           "--qeval-inconclusive=skip")
     result.assert_outcomes(skipped=1)
-    assert "int8_wo-hf::bigbench_mc_social_iqa SKIPPED" in result.stdout.str()
+    assert "int8_wo-hf::qeval_addition_mc SKIPPED" in result.stdout.str()
 
 
 def test_plain_pytest_deselects_quality_items(pytester: pytest.Pytester) -> None:
@@ -124,7 +125,7 @@ def test_plain_pytest_deselects_quality_items(pytester: pytest.Pytester) -> None
     assert "deselected" in result.stdout.str()
     result = pytester.runpytest_subprocess("--collect-only", "-q", "-m", "quality")
     out = result.stdout.str()
-    assert "suites/check.yaml::fp8-hf::kld" in out and "suites/check.yaml::int8_wo-hf::bigbench_mc_social_iqa" in out
+    assert "suites/check.yaml::fp8-hf::kld" in out and "suites/check.yaml::int8_wo-hf::qeval_addition_mc" in out
 
 
 def test_bad_suite_is_a_collection_error_with_the_message(pytester: pytest.Pytester) -> None:

@@ -32,19 +32,22 @@ class _Ctx:
 @pytest.fixture(scope="module")
 def ctx(qeval_model_dir: Path, qeval_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> _Ctx:
     cal = tmp_path_factory.mktemp("cal") / "tiny.yaml"
-    cal.write_text("name: tiny\nsource: {kind: bigbench, tasks: [bigbench_mc_general_knowledge]}\n"
+    # Local text (the README): quantizing needs no BIG-bench archive.
+    cal.write_text(f"name: tiny\nsource: {{kind: text, path: {Path(__file__).parents[1] / 'README.md'}}}\n"
                    "num_samples: 4\nseq_len: 64\nseed: 3\n")
     suite = Suite.model_validate({"name": "q", "candidates": ["int8_wo"], "calibration": str(cal),
                                   "tasks": [{"name": "bigbench_mc_physics", "limit": 4}]})
     return _Ctx(suite=suite, model_dir=qeval_model_dir, tokenizer=qeval_tokenizer)
 
 
+@pytest.mark.bigbench
 def test_calibration_refuses_overlap_with_eval_tasks(qeval_task_pack: Path, qeval_tokenizer: Any) -> None:
     with pytest.raises(QevalError) as info:
         load_calibration("bigbench-mixed", ["bigbench_mc_strategyqa"], qeval_tokenizer)
     assert "bigbench_mc_strategyqa" in info.value.problem and info.value.field == "source.tasks"
 
 
+@pytest.mark.bigbench
 def test_calibration_is_deterministic_and_disjoint(qeval_task_pack: Path, qeval_tokenizer: Any) -> None:
     a = load_calibration("bigbench-mixed", ["bigbench_mc_physics"], qeval_tokenizer)
     b = load_calibration("bigbench-mixed", ["bigbench_mc_physics"], qeval_tokenizer)

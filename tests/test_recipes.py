@@ -79,6 +79,7 @@ def test_cli_exit_2_for_recipes_that_do_not_fit_the_real_model(tmp_path, capsys,
     assert not reports.exists() or not any(reports.iterdir())  # refused before a run directory exists
 
 
+@pytest.mark.bigbench
 def test_artifact_key_covers_every_edit(tmp_path, qeval_model_dir, qeval_tokenizer) -> None:
     from qeval.quantize import artifact_key_for
     from qeval.suite import load_suite

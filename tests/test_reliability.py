@@ -16,6 +16,7 @@ from qeval.cli import main
 
 # -- (b) an engine failure in one cell ---------------------------------------------------------------
 
+TASK_DIRS = Path(__file__).parent / "fixtures" / "tasks"  # tasks the tests make: no BIG-bench archive needed
 PLANTED = "fp_e9m9"
 FAILING_SUITE = f"""\
 name: planted-failure
@@ -23,9 +24,10 @@ model: {{source: smollm2-135m-instruct}}
 baseline: bf16
 candidates: [{PLANTED}, int8_wo]  # the failing cell runs first: the cells after it still run
 backends: [hf]
+task_dirs: [{TASK_DIRS}]
 tasks:
-  - {{name: bigbench_mc_social_iqa, limit: 12}}
-calibration: bigbench-mixed
+  - {{name: qeval_addition_mc, limit: 12}}
+calibration: local-text
 divergence: {{enabled: false}}
 latency: {{enabled: false}}
 gate: {{margin: 5.0}}
@@ -76,8 +78,8 @@ def test_engine_failure_in_one_cell_leaves_the_others_intact(tmp_path: Path, pla
     # The other cells ran to the end: every planned sample, in the design's order, each with its score.
     for cell in ("bf16-hf", "int8_wo-hf"):
         assert store.read_status(cell)["state"] == "ok", cell
-        samples = store.read_samples(cell, "bigbench_mc_social_iqa")
-        assert [s["doc_id"] for s in samples] == planned_docs(run_dir, "bigbench_mc_social_iqa"), cell
+        samples = store.read_samples(cell, "qeval_addition_mc")
+        assert [s["doc_id"] for s in samples] == planned_docs(run_dir, "qeval_addition_mc"), cell
         assert all(s["score"] in (0.0, 1.0) and len(s["loglikelihoods"]) == len(s["choices"]) for s in samples)
 
     # The gate: the failed candidate is BLOCKed and says why; the run's summary says so too.
@@ -162,16 +164,17 @@ model: {source: smollm2-135m-instruct}
 baseline: bf16
 candidates: [int8_wo]
 backends: [hf]
+task_dirs: [TASK_DIRS]
 tasks:
-  - {name: bigbench_mc_social_iqa, limit: 20}
-  - {name: bigbench_mc_physics, limit: 20}
-calibration: bigbench-mixed
+  - {name: qeval_addition_mc, limit: 20}
+  - {name: qeval_subtraction_mc, limit: 20}
+calibration: local-text
 divergence: {enabled: false}
 latency: {enabled: false}
 gate: {margin: 5.0}
-"""
+""".replace("TASK_DIRS", str(TASK_DIRS))
 CELLS = ("bf16-hf", "int8_wo-hf")
-TASKS = ("bigbench_mc_social_iqa", "bigbench_mc_physics")
+TASKS = ("qeval_addition_mc", "qeval_subtraction_mc")
 
 
 def _qeval(*args: str) -> list[str]:
@@ -253,8 +256,8 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_results(tmp_path: Pa
     reuse = re.search(r"int8_wo-hf: (\d+) of (\d+) loglikelihood requests reused", resumed.stderr)
     assert reuse and 0 < int(reuse[1]) < int(reuse[2]), resumed.stderr[-3000:]  # the partial task, from its cache
     # Only the interrupted task is evaluated again (a finished task or cell logs no new result line).
-    finished_now = sorted(set(re.findall(r"(\S+-hf) (bigbench_mc_\w+): look \d+/\d+", resumed.stderr)))
-    assert finished_now == [("int8_wo-hf", "bigbench_mc_physics")], finished_now
+    finished_now = sorted(set(re.findall(r"(\S+-hf) (qeval_\w+_mc): look \d+/\d+", resumed.stderr)))
+    assert finished_now == [("int8_wo-hf", "qeval_subtraction_mc")], finished_now
     print(f"resume: {reuse[0]}")
 
     # Identical to the uninterrupted run: every cell, task and doc id, score and log-likelihoods.

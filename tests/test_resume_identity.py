@@ -17,7 +17,7 @@ from conftest import SmallRun
 from qeval.cli import main
 
 pytestmark = pytest.mark.slow
-TASK_FILE = Path("cells/bf16-hf/samples/bigbench_mc_sentence_ambiguity.jsonl")
+TASK_FILE = Path("cells/bf16-hf/samples/qeval_addition_mc.jsonl")
 
 
 def _files(run: Path) -> dict[Path, bytes]:

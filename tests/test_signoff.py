@@ -17,7 +17,7 @@ from qeval.cli import main
 
 pytestmark = pytest.mark.slow
 CELL = "int8_wo-hf"
-RECORDS = Path(f"cells/{CELL}/samples/bigbench_mc_sentence_ambiguity.jsonl")
+RECORDS = Path(f"cells/{CELL}/samples/qeval_addition_mc.jsonl")
 
 
 def _sign(run: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
@@ -52,7 +52,7 @@ def test_sign_verify_then_one_byte_of_a_record_fails_verify_naming_the_file(
     files = record["files"]
     assert {"results.json", "manifest.json", "suite.yaml", str(RECORDS), f"cells/{CELL}/status.json",
             f"cells/{CELL}/divergence.json", f"cells/{CELL}/requests.jsonl",
-            "cells/bf16-hf/samples/bigbench_mc_sentence_ambiguity.jsonl"} <= set(files)
+            "cells/bf16-hf/samples/qeval_addition_mc.jsonl"} <= set(files)
     assert files["results.json"] == hashlib.sha256(results_before).hexdigest() == record["results_sha256"]
     assert (run / "results.json").read_bytes() == results_before  # signing re-renders the pages, not the evidence
     # The report shows the sign-off with its hash.

@@ -171,9 +171,10 @@ model: {source: smollm2-135m-instruct}
 baseline: bf16
 candidates: [int8_wo]
 backends: [hf, vllm, trtllm]
+task_dirs: [TASK_DIRS]
 tasks:
-  - {name: bigbench_mc_social_iqa, limit: 12}
-calibration: bigbench-mixed
+  - {name: qeval_addition_mc, limit: 12}
+calibration: local-text
 divergence: {heldout_tokens: 192, task_prompts: 2, keep_reference: true}
 gate: {margin: 5.0, max_kld_mean: 0.05}
 latency:
@@ -221,7 +222,7 @@ def test_a_suite_on_hf_vllm_and_trtllm_runs_every_cell_it_can(tmp_path: Path, ca
     from qeval.suite import load_suite
 
     suite_path = tmp_path / "suite.yaml"
-    suite_path.write_text(HF_VLLM_TRTLLM_SUITE)
+    suite_path.write_text(HF_VLLM_TRTLLM_SUITE.replace("TASK_DIRS", str(Path(__file__).parent / "fixtures" / "tasks")))
     rc = main(["run", str(suite_path), "--reports-dir", str(tmp_path / "reports")])
     out = capsys.readouterr()
     assert rc == EXIT_NOT_RUN, out.err
@@ -236,7 +237,7 @@ def test_a_suite_on_hf_vllm_and_trtllm_runs_every_cell_it_can(tmp_path: Path, ca
         assert st["probe"]["import tensorrt_llm"].startswith("ModuleNotFoundError") and "none visible" in st["probe"]["gpu"]
     st = store.read_status("int8_wo-vllm")
     assert st["state"] == "not_run" and "cannot load a ModelOpt W8A16 checkpoint" in st["reason"], st
-    hf, vllm = (store.read_samples(c, "bigbench_mc_social_iqa") for c in ("bf16-hf", "bf16-vllm"))
+    hf, vllm = (store.read_samples(c, "qeval_addition_mc") for c in ("bf16-hf", "bf16-vllm"))
     assert [s["doc_id"] for s in vllm] == [s["doc_id"] for s in hf] and len(vllm) == 12  # one design, both engines
     assert sum(a["chosen"] == b["chosen"] for a, b in zip(hf, vllm)) >= 11
 

@@ -48,7 +48,7 @@ def test_every_written_path_is_under_the_run_directory_or_the_cache(small_run: S
     # What a run writes lands where it should: records, reports, and the run's share of the cache.
     written = {_real(p) for _, p in small_run.events}
     for name in ("manifest.json", "suite.yaml", "results.json", "report.html", "report.md", "junit.xml",
-                 "cells/int8_wo-hf/samples/bigbench_mc_sentence_ambiguity.jsonl", "cells/int8_wo-hf/status.json",
+                 "cells/int8_wo-hf/samples/qeval_addition_mc.jsonl", "cells/int8_wo-hf/status.json",
                  "cells/int8_wo-hf/divergence.json", "cells/int8_wo-hf/latency.json"):
         assert (small_run.run_dir / name).is_file(), name
     assert any(_inside(p, run_dir / "cells") for p in written)
@@ -61,11 +61,10 @@ def test_nothing_is_left_in_the_sandboxed_home_or_temp_folder(small_run: SmallRu
 
 def test_library_caches_went_into_the_qeval_cache(small_run: SmallRun) -> None:
     """matplotlib (report plots) and torch's inductor write caches under HOME or /tmp by default; a run points them
-    into the qeval cache, and the BIG-bench pack keeps datasets' Arrow cache inside the pack."""
+    into the qeval cache. (The BIG-bench pack's Arrow cache inside the pack: test_assets.)"""
     cache = _real(small_run.cache)
     written = [_real(p) for _, p in small_run.events]
     assert any(_inside(p, cache / "libs" / "matplotlib") for p in written)
-    assert any(_inside(p, cache / "tasks") and ".datasets-cache" in p.parts for p in written)
 
 
 def test_records_name_the_artifact_that_produced_them(small_run: SmallRun) -> None:
@@ -78,7 +77,7 @@ def test_records_name_the_artifact_that_produced_them(small_run: SmallRun) -> No
     assert status["artifact"]["key"] == artifacts["int8_wo-hf"]["key"]  # the one it built or reused
     for cell, entry in artifacts.items():
         records = [json.loads(line) for line in
-                   (small_run.run_dir / "cells" / cell / "samples" / "bigbench_mc_sentence_ambiguity.jsonl")
+                   (small_run.run_dir / "cells" / cell / "samples" / "qeval_addition_mc.jsonl")
                    .read_text().splitlines()]
         assert records and {r["artifact_key"] for r in records} == {entry["key"]}
         for name in ("status.json", "latency.json"):

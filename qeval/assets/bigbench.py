@@ -31,7 +31,7 @@ from filelock import FileLock
 
 from qeval.assets import bigbench_convert as convert
 from qeval.assets.bigbench_convert import GEN_PREFIX, MC_METRICS, MC_PREFIX, PackTask, format_prompt  # noqa: F401
-from qeval.assets.download import Distribution, fetch
+from qeval.assets.download import Distribution, NotServed, fetch
 from qeval.errors import QevalError
 from qeval.paths import cache_subdir, name_problem
 
@@ -205,15 +205,23 @@ def task_info(task_name: str) -> dict[str, Any] | None:
 
 
 @lru_cache(maxsize=4)
-def task_manager(extra: tuple[str, ...] = ()) -> Any:
-    """lm-eval's task manager with the offline pack, and a suite's own task folders, on its include path."""
+def task_manager(extra: tuple[str, ...] = (), *, with_pack: bool = True) -> Any:
+    """lm-eval's task manager with the offline pack (unless `with_pack` is False), and a suite's own task
+    folders, on its include path."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=[str(ensure_task_pack()), *extra])
+    return TaskManager(include_path=[*([str(ensure_task_pack())] if with_pack else []), *extra])
+
+
+def needs_pack(task_names: Any) -> bool:
+    """Whether any of these tasks is a pack task: a suite of its own tasks alone never needs the BIG-bench
+    archive (which a registry may stop serving), so it is not fetched for one."""
+    return any(name.startswith(PREFIXES) for name in task_names)
 
 
 def suite_task_manager(suite: Any, suite_path: Path) -> Any:
-    """The task manager of a suite: the pack plus its `task_dirs` (relative to the suite file)."""
+    """The task manager of a suite: its `task_dirs` (relative to the suite file), and the pack where a task
+    of the suite is a pack task."""
     dirs = []
     for i, entry in enumerate(suite.task_dirs):
         folder = Path(entry) if Path(entry).is_absolute() else (suite_path.parent / entry).resolve()
@@ -222,7 +230,7 @@ def suite_task_manager(suite: Any, suite_path: Path) -> Any:
                              field=f"task_dirs[{i}]", fix="name a folder of lm-eval task YAML files, relative to "
                              "the suite file")
         dirs.append(str(folder))
-    return task_manager(tuple(dirs))
+    return task_manager(tuple(dirs), with_pack=needs_pack(t.name for t in suite.tasks))
 
 
 def read_docs(task_name: str) -> list[dict[str, Any]]:
@@ -262,13 +270,21 @@ def resolve_task(name: str, manager: Any, *, file: str | None = None) -> None:
             "which is not reachable from this machine", file=file, field=f"tasks[{name}]",
             fix="run it where the hub is reachable, or use the offline BIG-bench pack "
             f"(bigbench_mc_<task>, e.g. bigbench_mc_physics){_close(PREFIX + name.split('_')[0])}")
-    offline = list_tasks()
+    offline = _pack_tasks_if_served()
     known = list(dict.fromkeys(offline + list(manager.all_tasks)))  # the pack is in both: suggest each once
     matches = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     raise QevalError(f"unknown task {name!r}: neither lm-eval nor the offline BIG-bench pack has it",
                      file=file, field=f"tasks[{name}]",
                      fix=(f"did you mean {', '.join(matches)}? " if matches else "")
                      + f"{len(offline)} offline tasks are named bigbench_mc_<task> and bigbench_gen_<task>")
+
+
+def _pack_tasks_if_served() -> list[str]:
+    """The pack's task names for a suggestion; none where the registry does not serve the archive."""
+    try:
+        return list_tasks()
+    except NotServed:
+        return []
 
 
 def _ships_with_lm_eval(manager: Any, name: str) -> bool:

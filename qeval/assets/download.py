@@ -75,6 +75,10 @@ def _pip_download(dist: Distribution, into: Path) -> Path | None:
     return path if proc.returncode == 0 and path.exists() else None
 
 
+class NotServed(QevalError):
+    """The registry answered and does not offer the pinned file: a definite no, unlike a network failure."""
+
+
 def _index_download(dist: Distribution, into: Path) -> Path:
     index = os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX).rstrip("/")
     page_url = f"{index}/{dist.name}/"
@@ -82,7 +86,11 @@ def _index_download(dist: Distribution, into: Path) -> Path:
         page = urllib.request.urlopen(page_url, timeout=120).read().decode()
         match = re.search(rf'href="([^"]*{re.escape(dist.filename)}[^"]*)"', page)
         if not match:
-            raise OSError(f"{dist.filename} is not listed at {page_url}")
+            raise NotServed(f"the package registry does not offer {dist.name}=={dist.version}: "
+                            f"{dist.filename} is not listed at {page_url}",
+                            file=str(cache_subdir("downloads")),
+                            fix=f"copy {dist.filename} (sha256 {dist.sha256}) from a machine that has it "
+                            f"into {cache_subdir('downloads')} and run again")
         url = urllib.request.urljoin(page_url, match.group(1).replace("&amp;", "&"))
         path = into / dist.filename
         with urllib.request.urlopen(url, timeout=600) as response, open(path, "wb") as out:
