@@ -210,6 +210,17 @@ def test_export_tables_and_plots_of_a_real_run(small_run_copy: Path, tmp_path: P
     assert RUN_TASK in (tmp_path / "plots" / "forest.svg").read_text()
 
 
+def test_list_tasks_without_the_archive_says_why_and_what_still_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import bigbench_unavailable
+
+    if bigbench_unavailable() is None:
+        pytest.skip("the BIG-bench archive is at hand here: test_list_says_what_runs_here lists the pack")
+    assert main(["list", "tasks"]) == 0  # a listing, not an error: the rest of `qeval list` still answers
+    out = capsys.readouterr().out
+    assert "offline BIG-bench pack: not available here: the package registry does not offer bigbench==1.0.0" in out
+    assert "fix: copy bigbench-1.0.0.tar.gz (sha256 1bb398a5" in out and "task_dirs" in out
+
+
 def test_parquet_without_pyarrow_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from qeval import export
