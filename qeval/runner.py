@@ -128,8 +128,9 @@ class Context:
         return export_checkpoint(self, precision, fmt)
 
 
-def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
-    """The model folder and lm-eval's task manager (offline pack included); fetched on first use.
+def prepare_assets(suite: Suite, suite_path: Path, model_dir: Path | None = None) -> tuple[Path, Any]:
+    """The model folder (`model_dir` where the caller resolved it already) and lm-eval's task manager (offline
+    pack included where the suite names a pack task); fetched on first use.
 
     Every input a run needs is checked here, before anything heavy (the cheap checks first): bad input is
     exit code 2 in seconds, not after the baseline has been computed.
@@ -137,7 +138,7 @@ def prepare_assets(suite: Suite, suite_path: Path) -> tuple[Path, Any]:
     from qeval.assets import bigbench
 
     check_server_port(suite, suite_path)
-    model_dir = resolve_model_dir(suite, suite_path)
+    model_dir = model_dir or resolve_model_dir(suite, suite_path)
     from qeval.recipes import check_against_model
 
     # A recipe's own fields first: the message names the edit (recipes[i]...), not the candidate using it.
@@ -312,9 +313,9 @@ def run_suite(suite: Suite, suite_path: Path, run_dir: Path, *, resume: bool = F
     t0 = time.perf_counter()
     # The model folder first (seconds): a folder without weights or tokenizer is refused before the task pack
     # or the calibration set is fetched or read, and before the run dir exists.
-    folder = resolve_model_dir(suite, suite_path)
-    weights_hash, tokenizer = model_hash(folder), load_tokenizer(folder, suite, suite_path)
-    model_dir, task_manager = prepare_assets(suite, suite_path)
+    model_dir = resolve_model_dir(suite, suite_path)
+    weights_hash, tokenizer = model_hash(model_dir), load_tokenizer(model_dir, suite, suite_path)
+    model_dir, task_manager = prepare_assets(suite, suite_path, model_dir)
     prepare_seconds = round(time.perf_counter() - t0, 2)
     cells = plan(suite)
     ctx = Context(suite=suite, store=store, model_dir=model_dir, tokenizer=tokenizer, task_manager=task_manager,

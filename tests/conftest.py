@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mc_items import FIXTURE_TASKS
 
 # Tests never reach for a model or dataset hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,11 +53,16 @@ def bigbench_unavailable() -> str | None:
     return _BIGBENCH["reason"]
 
 
+def _skip_without_bigbench() -> None:
+    if reason := bigbench_unavailable():
+        pytest.skip(f"needs the BIG-bench 1.0.0 archive: {reason}")
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # `@pytest.mark.bigbench`: the test runs real BIG-bench tasks; where the registry no longer serves the
     # archive it is skipped with the registry's answer and the fix (never passed without running).
-    if item.get_closest_marker("bigbench") is not None and (reason := bigbench_unavailable()):
-        pytest.skip(f"needs the BIG-bench 1.0.0 archive: {reason}")
+    if item.get_closest_marker("bigbench") is not None:
+        _skip_without_bigbench()
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +70,7 @@ def qeval_task_pack() -> Path:
     """The offline BIG-bench multiple-choice pack (from the PyPI sdist bigbench==1.0.0)."""
     from qeval.assets.bigbench import ensure_task_pack
 
-    if reason := bigbench_unavailable():
-        pytest.skip(f"needs the BIG-bench 1.0.0 archive: {reason}")
+    _skip_without_bigbench()
     return ensure_task_pack()
 
 
@@ -78,10 +83,8 @@ def qeval_tokenizer(qeval_model_dir: Path):
 
 # -- one small real run, shared by the tests that only read it (or work on a copy of it) -------------------------
 
-# The task of the small run: data the tests make (fixtures/tasks), so the tests that read the run do not
+# The task of the small run: data the tests make (FIXTURE_TASKS), so the tests that read the run do not
 # depend on the BIG-bench archive; calibration and held-out text from a local file (local-text).
-FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
-SMALL_TASK = "qeval_addition_mc"
 
 SMALL_SUITE = """\
 name: small

@@ -9,12 +9,14 @@ from typing import Any
 
 from qeval.backends.base import LoglikelihoodRequest
 
-TASKS = Path(__file__).parent / "fixtures" / "tasks"
+# The lm-eval tasks the tests make (qeval_addition_mc, qeval_subtraction_mc): a suite names them with
+# `task_dirs: [FIXTURE_TASKS]`, so the tests that need some real task do not need the BIG-bench archive.
+FIXTURE_TASKS = Path(__file__).parent / "fixtures" / "tasks"
 
 
 def fixture_docs() -> list[dict[str, Any]]:
     """The test task's documents as lm-eval shows them: {input, choices, answer}."""
-    spec = importlib.util.spec_from_file_location("qeval_test_addition", TASKS / "arithmetic.py")
+    spec = importlib.util.spec_from_file_location("qeval_test_addition", FIXTURE_TASKS / "arithmetic.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return [{"input": f"Question: {d['question']}\nAnswer:", "choices": d["choices"], "answer": d["answer"]}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from mc_items import FIXTURE_TASKS
 
 from qeval.cli import main
 
@@ -321,7 +322,7 @@ def test_engine_failure_mid_run_is_exit_2_and_keeps_computed_results(
     suite = tmp_path / "suite.yaml"
     # A task the tests make and a local calibration file: the engine failure needs no BIG-bench archive.
     good = (GOOD.replace("bigbench_mc_physics", "qeval_addition_mc")
-            .replace("calibration: bigbench-mixed", f"calibration: local-text\ntask_dirs: [{REPO / 'tests/fixtures/tasks'}]"))
+            .replace("calibration: bigbench-mixed", f"calibration: local-text\ntask_dirs: [{FIXTURE_TASKS}]"))
     suite.write_text(good.replace("[hf]", "[openai]") + textwrap.dedent(f"""\
         divergence: {{enabled: false}}
         latency: {{enabled: false}}

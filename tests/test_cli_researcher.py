@@ -15,23 +15,23 @@ from pathlib import Path
 
 import pytest
 
+from mc_items import FIXTURE_TASKS
 from qeval import precisions
 from qeval.cli import interrupted_message, main
 from qeval.suite import Suite, load_suite, suite_identity
 
 TASK = "bigbench_mc_sentence_ambiguity"
 # The flag-built run: a task of data the tests make and a local calibration file, so it needs no BIG-bench archive.
-TASK_DIRS = Path(__file__).parent / "fixtures" / "tasks"
 RUN_TASK = "qeval_addition_mc"
 FLAGS = ["--candidates", "int8_wo", "--tasks", RUN_TASK, "--limit", "4", "--backends", "hf", "--margin", "5",
-         "--calibration", "local-text", "--set", f"task_dirs=[{TASK_DIRS}]",
+         "--calibration", "local-text", "--set", f"task_dirs=[{FIXTURE_TASKS}]",
          "--set", "divergence.enabled=false", "--set", "latency.enabled=false", "--name", "flags"]
 # The same suite as FLAGS, written by hand as a researcher would (defaults left out).
 EQUIVALENT_YAML = f"""\
 name: flags
 candidates: [int8_wo]
 backends: [hf]
-task_dirs: [{TASK_DIRS}]
+task_dirs: [{FIXTURE_TASKS}]
 tasks:
   - {{name: {RUN_TASK}, limit: 4}}
 calibration: local-text
@@ -87,7 +87,7 @@ def test_a_flag_built_run_and_the_equivalent_yaml_are_one_suite(tmp_path: Path,
     assert manifest["suite"]["path"] == "command line"
     assert manifest["suite"]["overrides"] == {
         "name": "flags", "candidates": ["int8_wo"], "backends": ["hf"], "tasks": [RUN_TASK], "tasks.limit": 4,
-        "gate.margin": 5.0, "calibration": "local-text", "task_dirs": [str(TASK_DIRS)], "divergence.enabled": False,
+        "gate.margin": 5.0, "calibration": "local-text", "task_dirs": [str(FIXTURE_TASKS)], "divergence.enabled": False,
         "latency.enabled": False}
     # The hand-written YAML is the same suite: same identity, and resuming the flag run with it is accepted
     # (the resume compares identities) and recomputes nothing: the same records, the same decisions.

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from mc_items import FIXTURE_TASKS
 
 from qeval import checkpoint_formats, checkpoints
 from qeval.cli import main
@@ -145,7 +146,6 @@ def test_content_hash_covers_every_file(ct_int8: Path, tmp_path: Path) -> None:
 
 
 # ---- bad inputs: exit 2, one message, nothing written -------------------------------------------------------------
-TASK_DIRS = Path(__file__).parent / "fixtures" / "tasks"  # a task the tests make: no BIG-bench archive needed
 SUITE = """\
 name: ext
 model: {{source: smollm2-135m-instruct}}
@@ -209,7 +209,7 @@ def test_bad_checkpoint_is_refused_with_file_field_and_fix(case, tmp_path, capsy
     spec, backends, field, words = BAD[case]
     folder = tmp_path / "in"
     folder.mkdir()
-    text = SUITE.format(spec=spec(tmp_path, ct_int8, mo_fp8, qeval_model_dir), backends=backends, task_dirs=TASK_DIRS)
+    text = SUITE.format(spec=spec(tmp_path, ct_int8, mo_fp8, qeval_model_dir), backends=backends, task_dirs=FIXTURE_TASKS)
     if case == "name of a registered precision":
         text = text.replace("candidates: [mine]", "candidates: [fp8]")
     suite = folder / "suite.yaml"
@@ -256,7 +256,7 @@ def external_run(tmp_path_factory, ct_int8: Path, mo_fp8: Path, qeval_model_dir:
         extra = f"  - {{name: lc-w8a8, path: {LLMCOMPRESSOR}}}\n"
         extra_candidate = ", lc-w8a8"
     suite = root / "suite.yaml"  # relative checkpoint paths: against this file's folder, not the cwd
-    suite.write_text(RUN_SUITE.format(model=qeval_model_dir, limit=LIMIT, extra=extra, task_dirs=TASK_DIRS,
+    suite.write_text(RUN_SUITE.format(model=qeval_model_dir, limit=LIMIT, extra=extra, task_dirs=FIXTURE_TASKS,
                                       extra_candidate=extra_candidate))
     reports = root / "reports"
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
+from mc_items import FIXTURE_TASKS
 
 from qeval.backends.hf import HFBackend, load_hf_model
 from qeval.evaluate import run_look
@@ -34,7 +34,7 @@ def test_records_and_resume(qeval_model_dir: Path, qeval_tokenizer: Any, tmp_pat
     from qeval.assets import bigbench
 
     # A task the tests make (tests/fixtures/tasks): the adapter's records do not need the BIG-bench archive.
-    task_manager = partial(bigbench.task_manager, (str(Path(__file__).parent / "fixtures" / "tasks"),),
+    task_manager = partial(bigbench.task_manager, (str(FIXTURE_TASKS),),
                            with_pack=False)
     backend = CountingBackend(HFBackend(load_hf_model(qeval_model_dir), qeval_tokenizer))
     task = TaskSpec(name="qeval_addition_mc", limit=6)

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
+from mc_items import FIXTURE_TASKS
 
 from qeval.backends.base import GenerationRequest, LoglikelihoodRequest
 from qeval.errors import QevalError
@@ -325,7 +326,7 @@ def test_wrong_key_is_named_and_the_key_is_never_written(served: Server, tmp_pat
 name: served
 candidates: [fp8]
 backends: [openai]
-task_dirs: [{Path(__file__).parent / "fixtures" / "tasks"}]
+task_dirs: [{FIXTURE_TASKS}]
 tasks: [{{name: qeval_addition_mc, limit: 12}}]
 divergence: {{enabled: false}}
 latency: {{enabled: false}}

@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from mc_items import FIXTURE_TASKS
 
 from test_pytest_plugin import CONFTEST
 
@@ -34,7 +35,7 @@ calibration: local-text
 divergence: {heldout_tokens: 128, task_prompts: 0}  # 64 tokens of README lines are too few documents to settle KL
 latency: {enabled: false}
 gate: {margin: 5.0, max_kld_mean: 0.1}
-""".replace("TASK_DIRS", str(Path(__file__).parent / "fixtures" / "tasks"))  # a task the tests make
+""".replace("TASK_DIRS", str(FIXTURE_TASKS))  # a task the tests make
 
 
 def _outcomes(junit: Path) -> dict[str, str]:

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from mc_items import FIXTURE_TASKS
 
 pytest_plugins = ["pytester"]
 
@@ -34,7 +35,7 @@ latency: {enabled: false}
 gate:
   margin: 0.5           # 16 items cannot prove a half-point margin: INCONCLUSIVE; the KLD rule decides
   max_kld_mean: 0.1
-""".replace("TASK_DIRS", str(Path(__file__).parent / "fixtures" / "tasks"))  # a task the tests make
+""".replace("TASK_DIRS", str(FIXTURE_TASKS))  # a task the tests make
 
 CONFTEST = '''
 import copy

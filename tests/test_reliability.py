@@ -11,12 +11,12 @@ import logging
 from pathlib import Path
 
 import pytest
+from mc_items import FIXTURE_TASKS
 
 from qeval.cli import main
 
 # -- (b) an engine failure in one cell ---------------------------------------------------------------
 
-TASK_DIRS = Path(__file__).parent / "fixtures" / "tasks"  # tasks the tests make: no BIG-bench archive needed
 PLANTED = "fp_e9m9"
 FAILING_SUITE = f"""\
 name: planted-failure
@@ -24,7 +24,7 @@ model: {{source: smollm2-135m-instruct}}
 baseline: bf16
 candidates: [{PLANTED}, int8_wo]  # the failing cell runs first: the cells after it still run
 backends: [hf]
-task_dirs: [{TASK_DIRS}]
+task_dirs: [{FIXTURE_TASKS}]
 tasks:
   - {{name: qeval_addition_mc, limit: 12}}
 calibration: local-text
@@ -172,7 +172,7 @@ calibration: local-text
 divergence: {enabled: false}
 latency: {enabled: false}
 gate: {margin: 5.0}
-""".replace("TASK_DIRS", str(TASK_DIRS))
+""".replace("TASK_DIRS", str(FIXTURE_TASKS))
 CELLS = ("bf16-hf", "int8_wo-hf")
 TASKS = ("qeval_addition_mc", "qeval_subtraction_mc")
 

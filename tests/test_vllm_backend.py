@@ -11,7 +11,7 @@ import pytest
 
 from qeval.backends.base import GenerationRequest, LoglikelihoodRequest
 from qeval.backends.hf import HFBackend, load_hf_model
-from mc_items import choices_picked, mc_requests
+from mc_items import FIXTURE_TASKS, choices_picked, mc_requests
 
 pytestmark = pytest.mark.slow
 
@@ -222,7 +222,7 @@ def test_a_suite_on_hf_vllm_and_trtllm_runs_every_cell_it_can(tmp_path: Path, ca
     from qeval.suite import load_suite
 
     suite_path = tmp_path / "suite.yaml"
-    suite_path.write_text(HF_VLLM_TRTLLM_SUITE.replace("TASK_DIRS", str(Path(__file__).parent / "fixtures" / "tasks")))
+    suite_path.write_text(HF_VLLM_TRTLLM_SUITE.replace("TASK_DIRS", str(FIXTURE_TASKS)))
     rc = main(["run", str(suite_path), "--reports-dir", str(tmp_path / "reports")])
     out = capsys.readouterr()
     assert rc == EXIT_NOT_RUN, out.err
